@@ -1,0 +1,1 @@
+"""Prefect flows of dbops: each composes tasks and decides; nothing else."""

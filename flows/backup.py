@@ -1,0 +1,108 @@
+"""backup-database: pg_dump -> compress -> checksum -> store, then a manifest and a report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import Field
+
+from tasks.compress import check_level
+from tasks.dump import BackupRequest, run_backup
+from tasks.errors import DbopsError, retry_transient
+from tasks.manifest import Manifest
+from tasks.pg import ConnInfo
+from tasks.report import ProgressReporter, publish_backup_report
+from tasks.settings import S3Options, Settings, reject_inline_password
+from tasks.storage import Destination
+
+
+@task(name="dump-database", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def dump_database(
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    format: str,
+    compression: str,
+    level: int,
+    labels: list[str],
+    include_globals: bool,
+) -> Manifest:
+    logger = get_run_logger()
+    # Resolved here, not in the flow, so the password never passes through Prefect.
+    settings = Settings.load(database_url, backup_url, s3)
+    info = ConnInfo.parse(settings.require_database_url())
+    destination = Destination.from_url(settings.backup_url, settings.s3)
+    logger.info("Backing up %s to %s", info.redacted(), destination.url)
+    with info.connect() as conn:
+        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+    progress = ProgressReporter(size, f"Dumping {info.dbname}")
+    manifest = run_backup(
+        BackupRequest(
+            conn=info,
+            destination=destination,
+            format=format,
+            compression=compression,
+            level=level,
+            labels=labels,
+            include_globals=include_globals,
+        ),
+        progress=progress,
+    )
+    progress.done()
+    logger.info(
+        "Stored %s (%d bytes, sha256 %s)",
+        destination.url_for(manifest.dump.name),
+        manifest.dump.size,
+        manifest.dump.sha256,
+    )
+    return manifest
+
+
+@flow(name="backup-database")
+def backup_database(
+    database_url: Annotated[
+        str | None,
+        Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
+    ] = None,
+    backup_url: Annotated[
+        str | None, Field(description="s3://bucket/prefix or a directory; default BACKUP_URL")
+    ] = None,
+    format: Annotated[Literal["plain", "custom"], Field(description="pg_dump format")] = "plain",
+    compression: Annotated[
+        Literal["gzip", "zstd", "none"], Field(description="compression of the dump")
+    ] = "gzip",
+    level: Annotated[int | None, Field(description="compression level; default per codec")] = None,
+    labels: Annotated[list[str] | None, Field(description="labels, e.g. pre-migration")] = None,
+    include_globals: Annotated[
+        bool, Field(description="also store roles and tablespaces (pg_dumpall --globals-only)")
+    ] = False,
+    s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
+    retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 2,
+    retry_delay_seconds: Annotated[float, Field(ge=0, description="first retry delay")] = 30,
+) -> dict:
+    reject_inline_password(database_url, "database_url")
+    if format not in ("plain", "custom"):
+        raise DbopsError(f"unknown format {format!r}; use plain or custom")
+    level = check_level(compression, level)
+    settings = Settings.load(None, backup_url, s3)
+    manifest = dump_database.with_options(
+        retries=retries, retry_delay_seconds=_backoff(retry_delay_seconds, retries)
+    )(
+        database_url,
+        backup_url,
+        s3,
+        format,
+        compression,
+        level,
+        labels or [],
+        include_globals,
+    )
+    destination = Destination.from_url(settings.backup_url, settings.s3)
+    publish_backup_report(manifest, destination.url_for(manifest.dump.name))
+    return manifest.model_dump(mode="json")
+
+
+def _backoff(first: float, retries: int) -> list[float]:
+    return [first * (2**attempt) for attempt in range(max(retries, 1))]
