@@ -219,13 +219,17 @@ class S3Destination(Destination):
             )
         except botocore.exceptions.ClientError as exc:
             raise _explain_s3_error(exc, self.bucket) from None
-        # smart_open's writer completes the multipart upload on a clean exit
-        # and aborts it when an exception passes through.
+        # Completed only by a clean close; any failure, including one inside close()
+        # while the last part uploads, aborts the multipart upload.
         try:
-            with stream:
-                yield stream
-        except botocore.exceptions.ClientError as exc:
-            raise _explain_s3_error(exc, self.bucket) from None
+            yield stream
+            stream.close()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                stream.terminate()
+            if isinstance(exc, botocore.exceptions.ClientError):
+                raise _explain_s3_error(exc, self.bucket) from None
+            raise
 
     def open_read(self, name: str) -> IO[bytes]:
         try:
