@@ -35,6 +35,7 @@ def dump_database(
     info = ConnInfo.parse(settings.require_database_url())
     destination = Destination.from_url(settings.backup_url, settings.s3)
     logger.info("Backing up %s to %s", info.redacted(), destination.url)
+    destination.check_writable()  # a missing bucket is reported before the server is touched
     with info.connect() as conn:
         size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
     progress = ProgressReporter(size, f"Dumping {info.dbname}")

@@ -39,6 +39,9 @@ BackupUrl = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+Retries = Annotated[
+    int, typer.Option(min=0, max=10, help="retries of transient errors (deployments default to 2)")
+]
 
 
 def say(message: str) -> None:
@@ -115,6 +118,7 @@ def backup(
     sse_kms_key_id: Annotated[str | None, typer.Option(help="KMS key id for aws:kms")] = None,
     storage_class: Annotated[str | None, typer.Option(help="S3 storage class")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="S3 object tag KEY=VALUE")] = None,
+    retries: Retries = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up a database: pg_dump | compress | checksum | upload, then a manifest."""
@@ -134,6 +138,7 @@ def backup(
         labels=label or [],
         include_globals=globals_,
         s3=s3,
+        retries=retries,
     )
     emit(manifest, as_json, f"backup {manifest['backup_id']} stored: {manifest['dump']['name']}")
 
@@ -150,6 +155,7 @@ def restore(
         str | None, typer.Option(help="with `latest`: whose backups (default: the target's)")
     ] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+    retries: Retries = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into a database (created if missing)."""
@@ -163,6 +169,7 @@ def restore(
         clean=clean,
         from_database=from_database,
         s3=s3_options(endpoint_url, None, None, None, None),
+        retries=retries,
     )
     emit(result, as_json, f"restored {result['source']} into {result['target']}")
 

@@ -112,6 +112,12 @@ class ConnInfo:
                 f"malformed database URL ({_first_line(exc)}); "
                 "use postgresql://user:password@host:5432/dbname"
             ) from None
+        for port in filter(None, params.get("port", "").split(",")):
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise DbopsError(
+                    f"malformed database URL (port {port!r} is not a number from 1 to 65535); "
+                    "use postgresql://user:password@host:5432/dbname"
+                )
         return cls(params=params, app_params=app_params)
 
     @property
