@@ -175,3 +175,24 @@ def test_listing_ignores_dumps_without_manifest(prefect, sample_db, tmp_path):
     (tmp_path / "ai_saas_20200101_000000.sql.gz").write_bytes(gzip.compress(b"select 1;"))
     listed = list_manifests(Destination.from_url(str(tmp_path)))
     assert [m.backup_id for m in listed] == [manifest["backup_id"]]
+
+
+def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    state = backup_database(database_url=sample_db, backup_url=str(tmp_path), return_state=True)
+    assert state.is_completed()
+    manifest = state.result()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+        task_runs = client.read_task_runs()
+    run_id = state.state_details.flow_run_id
+    task_run_ids = {t.id for t in task_runs if t.flow_run_id == run_id}
+    mine = [a for a in artifacts if a.flow_run_id == run_id or a.task_run_id in task_run_ids]
+    table = next(a for a in mine if a.type == "table")
+    rows = {row["item"]: row["value"] for row in json.loads(table.data)}
+    assert rows["backup"] == manifest["backup_id"]
+    assert rows["sha256"] == manifest["dump"]["sha256"]
+    assert rows["location"].endswith(manifest["dump"]["name"])
+    progress = next(a for a in mine if a.type == "progress")
+    assert float(progress.data) == 100.0

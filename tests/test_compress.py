@@ -1,0 +1,62 @@
+"""Compressed streams are read by the real gunzip and zstd, and truncation is noticed."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+
+import pytest
+
+from tasks.compress import DecompressingReader, check_level, compress_stream
+from tasks.errors import DbopsError
+
+CHUNK = 4 * 1024 * 1024
+
+
+def sample(size: int) -> bytes:
+    text = b"INSERT INTO messages VALUES (1, 'hello world');\n" * (size // 48)
+    return text + os.urandom(size // 8)
+
+
+def chunks(data: bytes):
+    return iter([data[i : i + CHUNK] for i in range(0, len(data), CHUNK)])
+
+
+@pytest.mark.parametrize(("codec", "tool"), [("gzip", ["gunzip", "-c"]), ("zstd", ["zstd", "-dc"])])
+def test_parallel_output_is_one_valid_file_for_the_standard_tools(codec, tool):
+    data = sample(9 * 1024 * 1024)  # three gzip members
+    packed = b"".join(compress_stream(chunks(data), codec, 3, threads=2))
+    out = subprocess.run(tool, input=packed, capture_output=True, check=True).stdout
+    assert out == data
+    assert len(packed) < len(data)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_reader_round_trip_and_truncation(codec):
+    data = sample(5 * 1024 * 1024)
+    packed = b"".join(compress_stream(chunks(data), codec, 1))
+    reader = DecompressingReader(io.BytesIO(packed), codec)
+    out = b"".join(iter(lambda: reader.read_chunk(65536), b""))
+    assert out == data
+    truncated = DecompressingReader(io.BytesIO(packed[:-50]), codec)
+    with pytest.raises(DbopsError, match="truncated"):
+        while truncated.read_chunk(65536):
+            pass
+
+
+def test_corrupt_gzip_is_reported():
+    packed = bytearray(b"".join(compress_stream(chunks(sample(1024 * 1024)), "gzip", 6)))
+    packed[100] ^= 0xFF
+    reader = DecompressingReader(io.BytesIO(bytes(packed)), "gzip")
+    with pytest.raises(DbopsError, match="corrupt"):
+        while reader.read_chunk(65536):
+            pass
+
+
+def test_levels_are_checked():
+    assert check_level("gzip", None) == 6 and check_level("zstd", None) == 3
+    with pytest.raises(DbopsError, match="out of range for gzip"):
+        check_level("gzip", 12)
+    with pytest.raises(DbopsError, match="unknown compression"):
+        check_level("lz4", None)
