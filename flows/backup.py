@@ -11,6 +11,7 @@ from pydantic import Field
 from tasks.compress import check_level
 from tasks.dump import BackupRequest, run_backup
 from tasks.errors import DbopsError, retry_transient
+from tasks.locks import database_slot
 from tasks.manifest import Manifest
 from tasks.pg import ConnInfo
 from tasks.report import ProgressReporter, publish_backup_report
@@ -28,6 +29,7 @@ def dump_database(
     level: int,
     labels: list[str],
     include_globals: bool,
+    slot_wait_seconds: float = 3600,
 ) -> Manifest:
     logger = get_run_logger()
     # Resolved here, not in the flow, so the password never passes through Prefect.
@@ -39,18 +41,19 @@ def dump_database(
     with info.connect() as conn:
         size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
     progress = ProgressReporter(size, f"Dumping {info.dbname}")
-    manifest = run_backup(
-        BackupRequest(
-            conn=info,
-            destination=destination,
-            format=format,
-            compression=compression,
-            level=level,
-            labels=labels,
-            include_globals=include_globals,
-        ),
-        progress=progress,
-    )
+    with database_slot(info, slot_wait_seconds):  # never beside maintenance of this database
+        manifest = run_backup(
+            BackupRequest(
+                conn=info,
+                destination=destination,
+                format=format,
+                compression=compression,
+                level=level,
+                labels=labels,
+                include_globals=include_globals,
+            ),
+            progress=progress,
+        )
     progress.done()
     logger.info(
         "Stored %s (%d bytes, sha256 %s)",
@@ -82,6 +85,9 @@ def backup_database(
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 2,
     retry_delay_seconds: Annotated[float, Field(ge=0, description="first retry delay")] = 30,
+    slot_wait_seconds: Annotated[
+        float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
+    ] = 3600,
 ) -> dict:
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
@@ -99,6 +105,7 @@ def backup_database(
         level,
         labels or [],
         include_globals,
+        slot_wait_seconds,
     )
     destination = Destination.from_url(settings.backup_url, settings.s3)
     publish_backup_report(manifest, destination.url_for(manifest.dump.name))

@@ -196,3 +196,22 @@ def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, t
     assert rows["location"].endswith(manifest["dump"]["name"])
     progress = next(a for a in mine if a.type == "progress")
     assert float(progress.data) == 100.0
+
+
+def test_backup_waits_for_another_job_on_the_same_database(prefect, sample_db, tmp_path):
+    """Maintenance holding the database's concurrency slot keeps a backup from starting."""
+    from tasks.locks import database_slot
+    from tasks.pg import ConnInfo
+
+    with database_slot(ConnInfo.parse(sample_db)):
+        state = backup_database(
+            database_url=sample_db,
+            backup_url=str(tmp_path),
+            slot_wait_seconds=2,
+            retries=0,
+            return_state=True,
+        )
+    assert state.is_failed()
+    assert "another dbops job held" in state.message
+    assert list(tmp_path.iterdir()) == []
+    backup(database_url=sample_db, backup_url=str(tmp_path))  # free again afterwards
