@@ -55,6 +55,7 @@ def dump_database(
             progress=progress,
         )
     progress.done()
+    publish_backup_report(manifest, destination.url_for(manifest.dump.name))
     logger.info(
         "Stored %s (%d bytes, sha256 %s)",
         destination.url_for(manifest.dump.name),
@@ -93,7 +94,6 @@ def backup_database(
     if format not in ("plain", "custom"):
         raise DbopsError(f"unknown format {format!r}; use plain or custom")
     level = check_level(compression, level)
-    settings = Settings.load(None, backup_url, s3)
     manifest = dump_database.with_options(
         retries=retries, retry_delay_seconds=_backoff(retry_delay_seconds, retries)
     )(
@@ -107,8 +107,6 @@ def backup_database(
         include_globals,
         slot_wait_seconds,
     )
-    destination = Destination.from_url(settings.backup_url, settings.s3)
-    publish_backup_report(manifest, destination.url_for(manifest.dump.name))
     return manifest.model_dump(mode="json")
 
 

@@ -244,6 +244,22 @@ def demo(
     emit(summary, as_json, "\n".join(lines))
 
 
+@app.command()
+def serve(
+    only: Annotated[
+        list[str] | None, typer.Option(help="only this deployment, e.g. backup-database/nightly")
+    ] = None,
+) -> None:
+    """Serve every deployment of prefect.yaml, schedules included, from this process
+    (one machine, no work pool). Needs PREFECT_API_URL or a local `prefect server start`."""
+    from deployments.serve import serve_all
+
+    try:
+        serve_all(only)
+    except DbopsError as exc:
+        fail(str(exc))
+
+
 def main() -> None:
     app()
 

@@ -60,7 +60,12 @@ def gzip_stream(chunks: Iterator[bytes], level: int, threads: int) -> Iterator[b
 
 
 def zstd_stream(chunks: Iterator[bytes], level: int, threads: int) -> Iterator[bytes]:
-    compressor = zstandard.ZstdCompressor(level=level, threads=threads if threads > 1 else 0)
+    # libzstd's default job size for multithreading grows with the level (tens of MB per
+    # worker); 4 MiB jobs keep memory bounded at no measurable cost in speed or ratio.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads if threads > 1 else 0, job_size=4 * 1024 * 1024
+    )
+    compressor = zstandard.ZstdCompressor(compression_params=params)
     stream = compressor.compressobj()
     for chunk in chunks:
         out = stream.compress(chunk)

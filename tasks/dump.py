@@ -171,11 +171,14 @@ def stream_command_to(
             finally:
                 writer.finish()
             code = process.wait()
+            closing = time.perf_counter()
             if code != 0:
                 reason = tail.last(secret) or (
                     f"killed by signal {-code}" if code < 0 else f"exit status {code}"
                 )
                 raise DbopsError(f"{tool} failed ({reason}); no backup was stored")
+        # Completing the object (the last part, the multipart completion) is writing too.
+        stats.write_seconds += time.perf_counter() - closing
     finally:
         if process.poll() is None:
             process.kill()

@@ -44,7 +44,7 @@ LOREM = (
 )
 
 # Average bytes one Message row adds to a plain dump (measured on this generator).
-BYTES_PER_MESSAGE = 260
+BYTES_PER_MESSAGE = 243
 
 
 def create_sample_database(info: ConnInfo, size_mb: float = 5.0) -> dict[str, int]:
