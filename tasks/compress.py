@@ -1,20 +1,21 @@
 """Streaming compressors: each turns an iterator of chunks into an iterator of compressed chunks.
 
 gzip output is a series of independent gzip members, each compressed on its
-own thread (zlib releases the GIL), which any gunzip reads as one file; zstd
-uses libzstd's own worker threads.
+own thread, which any gunzip reads as one file. The deflate engine is zlib-ng:
+the same format and levels as zlib, about twice the speed per core and a
+slightly better ratio at level 6. zstd uses libzstd's own worker threads.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Literal
 
 import zstandard
+from zlib_ng import zlib_ng as zlib
 
 from tasks.errors import DbopsError
 
