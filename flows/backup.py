@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from flows.parameters import documented
 from tasks.compress import check_level
 from tasks.dump import BackupRequest, run_backup
 from tasks.errors import DbopsError, retry_transient
@@ -66,6 +67,7 @@ def dump_database(
 
 
 @flow(name="backup-database")
+@documented
 def backup_database(
     database_url: Annotated[
         str | None,
@@ -90,6 +92,7 @@ def backup_database(
         float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
     ] = 3600,
 ) -> dict:
+    """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
         raise DbopsError(f"unknown format {format!r}; use plain or custom")

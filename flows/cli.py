@@ -260,6 +260,339 @@ def serve(
         fail(str(exc))
 
 
+# --- maintenance, health and security (issue 5) ---
+
+TimeBudget = Annotated[
+    float | None,
+    typer.Option("--time-budget", help="minutes; start no new table/index after that"),
+]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="seconds to wait for a lock, then skip")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="only show what would be done")]
+StoreAs = Annotated[
+    Literal["url", "password"],
+    typer.Option("--store", help="store a full DATABASE_URL (default) or only the password"),
+]
+
+
+def maintenance_lines(report: dict[str, Any]) -> str:
+    lines = [report["summary"] + (" (dry run)" if report.get("dry_run") else "")]
+    for item in report["items"]:
+        sizes = ""
+        if "size_mb_before" in item:
+            sizes = f"  {item['size_mb_before']} -> {item.get('size_mb_after', '?')} MB"
+        dead = ""
+        if "dead_tuples_before" in item:
+            dead = f"  dead {item['dead_tuples_before']} -> {item.get('dead_tuples_after', '?')}"
+        lines.append(
+            f"  {item['action']:<27} {item['target']}: {item['status']} "
+            f"({item['seconds']} s){dead}{sizes}  [{item['reason']}]"
+        )
+    return "\n".join(lines)
+
+
+@app.command()  # noqa: F821
+def vacuum(
+    database_url: DatabaseUrl = None,  # noqa: F821
+    all_: Annotated[bool, typer.Option("--all", help="every table, like vacuumdb -z")] = False,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="VACUUM FULL: rewrites and LOCKS each table")
+    ] = False,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """VACUUM (ANALYZE) the tables that need it, biggest payoff first (--all: every table)."""
+    from flows.maintenance import FULL_WARNING, vacuum_analyze
+
+    use_database_url(database_url)  # noqa: F821
+    if full:
+        say(f"warning: {FULL_WARNING}")  # noqa: F821
+    report = run_flow(  # noqa: F821
+        vacuum_analyze,
+        all_tables=all_,
+        tables=table,
+        full=full,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+
+
+@app.command()  # noqa: F821
+def analyze(
+    database_url: DatabaseUrl = None,  # noqa: F821
+    all_: Annotated[bool, typer.Option("--all", help="every table, like `ANALYZE;`")] = False,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
+    ] = None,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """ANALYZE the tables never analyzed or much changed since (--all: every table)."""
+    from flows.maintenance import analyze as analyze_flow
+
+    use_database_url(database_url)  # noqa: F821
+    report = run_flow(  # noqa: F821
+        analyze_flow,
+        all_tables=all_,
+        tables=table,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+
+
+@app.command()  # noqa: F821
+def reindex(
+    database_url: DatabaseUrl = None,  # noqa: F821
+    index: Annotated[
+        list[str] | None, typer.Option("--index", help="only this index, schema.index (repeat)")
+    ] = None,
+    bloat_threshold: Annotated[
+        float, typer.Option(help="rebuild indexes with more estimated bloat (%)")
+    ] = 30.0,
+    min_size_mb: Annotated[
+        float, typer.Option(help="ignore indexes wasting less than this (MB)")
+    ] = 10.0,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """REINDEX INDEX CONCURRENTLY invalid and bloated indexes; drop leftover _ccnew copies."""
+    from flows.maintenance import reindex as reindex_flow
+
+    use_database_url(database_url)  # noqa: F821
+    report = run_flow(  # noqa: F821
+        reindex_flow,
+        indexes=index,
+        bloat_threshold_pct=bloat_threshold,
+        min_index_mb=min_size_mb,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+
+
+def parse_thresholds(pairs: list[str] | None) -> Any:
+    from pydantic import ValidationError
+
+    from tasks.health import HealthThresholds
+    from tasks.settings import parse_tags
+
+    given = parse_tags(",".join(pairs or []))
+    unknown = sorted(set(given) - set(HealthThresholds.model_fields))
+    if unknown:
+        raise DbopsError(  # noqa: F821
+            f"unknown threshold(s) {unknown}; known: {', '.join(HealthThresholds.model_fields)}"
+        )
+    try:
+        return HealthThresholds(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DbopsError(  # noqa: F821
+            f"threshold {first['loc'][0]}={given[str(first['loc'][0])]!r}: {first['msg']}"
+        ) from None
+
+
+@app.command()  # noqa: F821
+def health(
+    database_url: DatabaseUrl = None,  # noqa: F821
+    check: Annotated[
+        list[str] | None, typer.Option("--check", help="only this check (repeatable)")
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=VALUE, e.g. long_query_warning_seconds=30 (repeatable)"),
+    ] = None,
+    app_instances: Annotated[
+        int, typer.Option(min=1, help="app instances sharing the database")
+    ] = 1,
+    connection_limit: Annotated[
+        int | None, typer.Option(help="the app's pool per instance; default from DATABASE_URL")
+    ] = None,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """Health report like PgHero's; exit code 1 when a check is critical.
+
+    The report is printed even then, so this does not use run_flow.
+    """
+    use_database_url(database_url)  # noqa: F821
+    try:
+        thresholds = parse_thresholds(threshold)
+    except DbopsError as exc:  # noqa: F821
+        fail(str(exc))  # noqa: F821
+    from flows.health import ICON, health_report
+
+    try:
+        state = health_report(
+            thresholds=thresholds,
+            checks=check,
+            app_instances=app_instances,
+            connection_limit=connection_limit,
+            return_state=True,
+        )
+    except DbopsError as exc:  # noqa: F821
+        fail(str(exc))  # noqa: F821
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, dict):
+        message = str(report) if isinstance(report, BaseException) else state.message
+        fail((message or state.name).strip().splitlines()[0])  # noqa: F821
+    lines = [f"health of {report['database']}: {report['status']}"]
+    for c in report["checks"]:
+        lines.append(f"  {ICON[c['status']]} {c['status']:<8} {c['name']:<26} {c['summary']}")
+        for finding in c["findings"][:5]:
+            named = {k: v for k, v in finding.items() if k in NAMED_KEYS}
+            lines.append(f"        {named or finding}")
+    emit(report, as_json, "\n".join(lines))  # noqa: F821
+    if not state.is_completed():
+        say(f"error: {state.message}")  # noqa: F821
+        raise typer.Exit(1)
+
+
+NAMED_KEYS = (
+    "schema",
+    "table",
+    "index",
+    "sequence",
+    "constraint",
+    "slot",
+    "pid",
+    "blocked_pid",
+    "blocking_pid",
+    "database",
+    "query",
+    "extension",
+    "problem",
+    "scope",
+)
+
+
+@app.command("create-readonly-user")  # noqa: F821
+def create_readonly_user_cmd(
+    name: Annotated[str, typer.Argument(help="name of the read-only role")],
+    database_url: DatabaseUrl = None,  # noqa: F821
+    schema: Annotated[
+        list[str] | None, typer.Option("--schema", help="schema to read (repeat); default public")
+    ] = None,
+    owner: Annotated[
+        list[str] | None,
+        typer.Option("--owner", help="role whose future tables must be readable (repeat)"),
+    ] = None,
+    secret_block: Annotated[
+        str | None, typer.Option(help="Prefect Secret block for the credentials")
+    ] = None,
+    store: StoreAs = "url",
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """Create a read-only role (idempotent) and prove it can read new tables and not write."""
+    from flows.security import create_readonly_user
+
+    use_database_url(database_url)  # noqa: F821
+    result = run_flow(  # noqa: F821
+        create_readonly_user,
+        role=name,
+        schemas=schema,
+        owners=owner,
+        secret_block=secret_block,
+        secret_format=store,
+    )
+    where = (
+        f"credentials in Prefect Secret {result['secret_block']!r}"
+        if result["secret_block"]
+        else "its password is unknown to dbops (set it with `dbops rotate-password`)"
+    )
+    lines = [
+        f"role {name!r} {'created' if result['created'] else 'already existed; grants refreshed'}"
+        f" in {result['database']}; {where}"
+    ]
+    lines += [f"  {c['check']}: {c['result']}" for c in result["checks"]]
+    emit(result, as_json, "\n".join(lines))  # noqa: F821
+
+
+@app.command("rotate-password")  # noqa: F821
+def rotate_password_cmd(
+    role: Annotated[str, typer.Argument(help="role whose password to rotate")],
+    database_url: DatabaseUrl = None,  # noqa: F821
+    secret_block: Annotated[
+        str | None, typer.Option(help="Prefect Secret block; default dbops-<db>-<role>")
+    ] = None,
+    store: StoreAs = "url",
+    aws_secret_id: Annotated[
+        str | None, typer.Option(help="also store in this AWS Secrets Manager secret")
+    ] = None,
+    aws_region: Annotated[str | None, typer.Option(help="default $AWS_DEFAULT_REGION")] = None,
+    aws_endpoint_url: Annotated[
+        str | None, typer.Option(help="default $AWS_ENDPOINT_URL_SECRETSMANAGER")
+    ] = None,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """New strong password, proven to log in, stored in a Prefect Secret (and AWS); never shown.
+
+    Restarting the application (the guide's rolling restart) is up to you.
+    """
+    from flows.security import rotate_password
+
+    use_database_url(database_url)  # noqa: F821
+    result = run_flow(  # noqa: F821
+        rotate_password,
+        role=role,
+        secret_block=secret_block,
+        secret_format=store,
+        aws_secret_id=aws_secret_id,
+        aws_region=aws_region,
+        aws_endpoint_url=aws_endpoint_url,
+    )
+    where = f"Prefect Secret {result['secret_block']!r}"
+    if result["aws_secret_id"]:
+        where += f" and AWS secret {result['aws_secret_id']!r}"
+    emit(  # noqa: F821
+        result,
+        as_json,
+        f"password of {role!r} rotated, login verified, stored in {where}; "
+        "restart the application to use it",
+    )
+
+
+@app.command("terminate-blocking")  # noqa: F821
+def terminate_blocking_cmd(
+    database_url: DatabaseUrl = None,  # noqa: F821
+    min_blocked_seconds: Annotated[
+        float, typer.Option(min=0, help="only sessions keeping others waiting longer than this")
+    ] = 60.0,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="really terminate them (default: only report)")
+    ] = False,
+    as_json: JsonFlag = False,  # noqa: F821
+) -> None:
+    """Last resort: pg_terminate_backend on sessions at the head of long lock waits."""
+    from flows.security import terminate_blocking
+
+    use_database_url(database_url)  # noqa: F821
+    result = run_flow(  # noqa: F821
+        terminate_blocking, min_blocked_seconds=min_blocked_seconds, confirm=yes
+    )
+    lines = [
+        f"pid {s['pid']} ({s['user']}, {s['state']}) blocks {s['blocked_pids']} for "
+        f"{s['longest_wait_seconds']} s: {s['action']}"
+        for s in result["sessions"]
+    ] or [f"no session blocks others for more than {min_blocked_seconds:g} s"]
+    if result["sessions"] and not yes:
+        lines.append("nothing terminated; pass --yes to terminate them")
+    emit(result, as_json, "\n".join(lines))  # noqa: F821
+
+
 def main() -> None:
     app()
 

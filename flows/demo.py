@@ -13,6 +13,7 @@ from psycopg import sql
 from pydantic import Field
 
 from flows.backup import backup_database
+from flows.parameters import documented
 from flows.restore import restore_database
 from tasks.dump import table_row_counts
 from tasks.embedded import LocalCluster
@@ -43,12 +44,14 @@ def compare_row_counts(source_url: str, restored_url: str) -> dict[str, list[int
 
 
 @flow(name="dbops-demo")
+@documented
 def demo(
     workdir: Annotated[
         str, Field(description="where the backups and the server go")
     ] = "dbops-demo",
     size_mb: Annotated[float, Field(gt=0, description="approximate dump size")] = 20.0,
 ) -> dict:
+    """Back up and restore a guide-shaped database on an embedded PostgreSQL."""
     logger = get_run_logger()
     root = Path(workdir).resolve()
     backups = root / "backups"

@@ -19,6 +19,7 @@ from prefect.variables import Variable
 from pydantic import Field
 
 from flows.backup import backup_database
+from flows.parameters import documented
 from tasks.errors import DbopsError
 from tasks.report import publish_table
 from tasks.settings import reject_inline_password
@@ -56,6 +57,7 @@ def backup_one(
 
 
 @flow(name="backup-fleet")
+@documented
 def backup_fleet(
     databases: Annotated[
         list[str] | None,
@@ -75,6 +77,7 @@ def backup_fleet(
         int, Field(ge=0, le=10, description="retries of transient errors, local mode")
     ] = 2,
 ) -> list[dict]:
+    """Back up many databases, each as its own backup run."""
     logger = get_run_logger()
     targets = list(databases or [])
     if databases_variable:

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from flows.parameters import documented
 from tasks.catalog import resolve_source
 from tasks.errors import retry_transient
 from tasks.pg import ConnInfo
@@ -46,6 +47,7 @@ def restore_backup(
 
 
 @flow(name="restore-database")
+@documented
 def restore_database(
     source: Annotated[
         str, Field(description="`latest`, a backup id, an s3:// URL or a path to a dump")
@@ -66,6 +68,7 @@ def restore_database(
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
 ) -> dict:
+    """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")
     result = restore_backup.with_options(retries=retries, retry_delay_seconds=10)(
         source, database_url, backup_url, s3, clean, from_database

@@ -1,0 +1,41 @@
+"""Parameter descriptions for the Prefect UI's run form, written once, beside each parameter.
+
+Prefect 3.9 builds a deployment's parameter schema from the flow's docstring ("Args:") and
+ignores `Annotated[..., Field(description=...)]`; `documented` writes the one from the other,
+so the descriptions live next to the parameters and still reach the UI.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
+
+from pydantic.fields import FieldInfo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _description(annotation: Any) -> str | None:
+    if get_origin(annotation) is not Annotated:
+        return None
+    for extra in get_args(annotation)[1:]:
+        if isinstance(extra, FieldInfo) and extra.description:
+            return extra.description
+    return None
+
+
+def documented(fn: F) -> F:
+    """Append a Google-style Args section built from the Annotated Field descriptions."""
+    hints = get_type_hints(fn, include_extras=True)
+    lines = []
+    for name in inspect.signature(fn).parameters:
+        text = _description(hints.get(name))
+        if text:
+            lines.append(f"    {name}: {text}")
+    if lines:
+        # A summary line first: inspect.cleandoc would otherwise strip the indentation
+        # that makes the Args section parseable.
+        doc = inspect.cleandoc(fn.__doc__ or "") or fn.__name__.replace("_", " ").capitalize()
+        fn.__doc__ = doc + "\n\nArgs:\n" + "\n".join(lines) + "\n"
+    return fn
