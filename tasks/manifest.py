@@ -13,6 +13,8 @@ from tasks.errors import DbopsError
 from tasks.storage import Destination
 
 MANIFEST_SUFFIX = ".manifest.json"
+# The verification result lives in a sidecar next to the manifest, which stays immutable.
+VERIFIED_SUFFIX = ".verified.json"
 FORMAT_VERSION = 1
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 BACKUP_ID = re.compile(r"^(?P<database>.+)_(?P<stamp>\d{8}_\d{6})$")
@@ -28,6 +30,8 @@ class ObjectInfo(BaseModel):
 
 
 class Verification(BaseModel):
+    """A restore test's outcome; the sidecar may hold more fields, which are ignored here."""
+
     verified_at: datetime
     ok: bool
     detail: str = ""
@@ -100,9 +104,20 @@ def list_manifests(destination: Destination, database: str | None = None) -> lis
             continue
         if database and manifest.database != database:
             continue
+        sidecar = manifest.backup_id + VERIFIED_SUFFIX
+        if sidecar in objects:
+            manifest.verification = read_verification(destination, sidecar) or manifest.verification
         manifests.append(manifest)
     manifests.sort(key=lambda m: (m.started_at, m.backup_id), reverse=True)
     return manifests
+
+
+def read_verification(destination: Destination, name: str) -> Verification | None:
+    """The sidecar's result, or None when it is missing or unreadable (never 'verified')."""
+    try:
+        return Verification.model_validate_json(destination.read_bytes(name))
+    except (DbopsError, ValueError):
+        return None
 
 
 def write_manifest(destination: Destination, manifest: Manifest) -> None:
