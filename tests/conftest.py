@@ -134,7 +134,11 @@ def prefect(prefect_api: str) -> str:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, api_url: str | None = None, timeout: float = 300
+    *args: str,
+    env: dict[str, str] | None = None,
+    api_url: str | None = None,
+    timeout: float = 300,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `dbops` as a user would: a separate process, reading the environment."""
     full_env = {**os.environ, **(env or {})}
@@ -142,7 +146,13 @@ def run_cli(
         full_env["PREFECT_API_URL"] = api_url
     dbops = shutil.which("dbops", path=str(Path(sys.executable).parent)) or "dbops"
     return subprocess.run(
-        [dbops, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO
+        [dbops, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+        input=input,
     )
 
 

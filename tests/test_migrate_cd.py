@@ -1,0 +1,63 @@
+"""CD end to end: a real `prefect server`, a process worker, `prefect deploy` of
+migrate-database/cd, and `prefect deployment run ... --watch` as a CD job runs it: exit code 0
+for a good migration, 1 for a bad one (rolled back), no password anywhere in Prefect."""
+
+from __future__ import annotations
+
+from tests.conftest import content_checksums, new_database, schema_dump
+from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
+from tests.test_migrate import BASE_SCHEMA, execute, write_migrations
+
+DEPLOYMENT = "migrate-database/cd"
+def test_cd_run_exit_codes_and_rollback(prefect_server: PrefectServer, pg, tmp_path):  # noqa: F811
+    from prefect.blocks.system import Secret
+
+    url = new_database(pg, "cd")
+    execute(url, BASE_SCHEMA)
+    dbname = url.rsplit("/", 1)[-1]
+    with prefect_server.client_settings():  # the password lives in the Secret block only
+        Secret(value=pg.url(dbname)).save("dbops-database-url", overwrite=True)
+    prefect_server.deploy(DEPLOYMENT)
+    deployment = prefect_server.request("GET", "/deployments/name/migrate-database/cd")
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert deployment["enforce_parameter_schema"] and not deployment["schedules"]
+    schema = deployment["parameter_openapi_schema"]["properties"]
+    assert "Prisma" in schema["migrations"]["description"]
+
+    root = write_migrations(
+        tmp_path / "m",
+        {"0001_email.sql": 'ALTER TABLE "User" ADD COLUMN email text;\n'},
+    )
+    backups = tmp_path / "backups"
+    run = [
+        "deployment", "run", DEPLOYMENT,
+        "--param", f"migrations={root}",
+        "--param", f"backup_url={backups}",
+        "--param", "lock_timeout_seconds=2",
+        "--watch", "--watch-interval", "1", "--watch-timeout", "240",
+    ]  # fmt: skip
+    good = prefect_server.cli(*run)
+    assert good.returncode == 0, good.stdout[-3000:] + prefect_server.log_tail("worker")
+    assert "email" in schema_dump(url)
+
+    (root / "0002_broken.sql").write_text(
+        'CREATE TABLE "Audit" (id int);\nDELETE FROM "Message";\nSELECT 1/0;\n'
+    )
+    before = (schema_dump(url), content_checksums(url))
+    bad = prefect_server.cli(*run)
+    assert bad.returncode == 1, bad.stdout[-3000:]
+    assert (schema_dump(url), content_checksums(url)) == before
+
+    failed, completed = prefect_server.flow_runs(DEPLOYMENT)[:2]
+    assert completed["state"]["type"] == "COMPLETED"
+    assert failed["state"]["type"] == "FAILED"
+    assert "restored from pre-migration backup" in failed["state"]["message"]
+    assert "division by zero" in failed["state"]["message"]
+    password = pg.password
+    for flow_run in (failed, completed):
+        assert flow_run["parameters"]["database_url"] == "secret://dbops-database-url"
+        assert password not in str(flow_run["parameters"])
+        logs = prefect_server.logs(flow_run["id"])
+        assert any("Pre-migration backup" in line for line in logs)
+        assert not any(password in line for line in logs)
