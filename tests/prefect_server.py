@@ -129,7 +129,12 @@ class PrefectServer:
         raise RuntimeError(f"prefect server not healthy in {timeout} s:\n{self.log_tail('server')}")
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        """One API call; a busy server's 503 (SQLite locked under load) is retried."""
+        for attempt in range(6):
+            response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            if response.status_code != 503 or attempt == 5:
+                break
+            time.sleep(0.5 * (attempt + 1))
         response.raise_for_status()
         return response.json() if response.content else None
 
