@@ -636,9 +636,9 @@ def maintenance_lines(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@app.command()  # noqa: F821
+@app.command()
 def vacuum(
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     all_: Annotated[bool, typer.Option("--all", help="every table, like vacuumdb -z")] = False,
     table: Annotated[
         list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
@@ -649,15 +649,15 @@ def vacuum(
     time_budget: TimeBudget = None,
     lock_timeout: LockTimeout = 5.0,
     dry_run: DryRun = False,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """VACUUM (ANALYZE) the tables that need it, biggest payoff first (--all: every table)."""
     from flows.maintenance import FULL_WARNING, vacuum_analyze
 
-    use_database_url(database_url)  # noqa: F821
+    use_database_url(database_url)
     if full:
-        say(f"warning: {FULL_WARNING}")  # noqa: F821
-    report = run_flow(  # noqa: F821
+        say(f"warning: {FULL_WARNING}")
+    report = run_flow(
         vacuum_analyze,
         all_tables=all_,
         tables=table,
@@ -666,12 +666,12 @@ def vacuum(
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+    emit(report, as_json, maintenance_lines(report))
 
 
-@app.command()  # noqa: F821
+@app.command()
 def analyze(
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     all_: Annotated[bool, typer.Option("--all", help="every table, like `ANALYZE;`")] = False,
     table: Annotated[
         list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
@@ -679,13 +679,13 @@ def analyze(
     time_budget: TimeBudget = None,
     lock_timeout: LockTimeout = 5.0,
     dry_run: DryRun = False,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """ANALYZE the tables never analyzed or much changed since (--all: every table)."""
     from flows.maintenance import analyze as analyze_flow
 
-    use_database_url(database_url)  # noqa: F821
-    report = run_flow(  # noqa: F821
+    use_database_url(database_url)
+    report = run_flow(
         analyze_flow,
         all_tables=all_,
         tables=table,
@@ -693,12 +693,12 @@ def analyze(
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+    emit(report, as_json, maintenance_lines(report))
 
 
-@app.command()  # noqa: F821
+@app.command()
 def reindex(
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     index: Annotated[
         list[str] | None, typer.Option("--index", help="only this index, schema.index (repeat)")
     ] = None,
@@ -711,13 +711,13 @@ def reindex(
     time_budget: TimeBudget = None,
     lock_timeout: LockTimeout = 5.0,
     dry_run: DryRun = False,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """REINDEX INDEX CONCURRENTLY invalid and bloated indexes; drop leftover _ccnew copies."""
     from flows.maintenance import reindex as reindex_flow
 
-    use_database_url(database_url)  # noqa: F821
-    report = run_flow(  # noqa: F821
+    use_database_url(database_url)
+    report = run_flow(
         reindex_flow,
         indexes=index,
         bloat_threshold_pct=bloat_threshold,
@@ -726,7 +726,7 @@ def reindex(
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))  # noqa: F821
+    emit(report, as_json, maintenance_lines(report))
 
 
 def parse_thresholds(pairs: list[str] | None) -> Any:
@@ -738,21 +738,21 @@ def parse_thresholds(pairs: list[str] | None) -> Any:
     given = parse_tags(",".join(pairs or []))
     unknown = sorted(set(given) - set(HealthThresholds.model_fields))
     if unknown:
-        raise DbopsError(  # noqa: F821
+        raise DbopsError(
             f"unknown threshold(s) {unknown}; known: {', '.join(HealthThresholds.model_fields)}"
         )
     try:
         return HealthThresholds(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise DbopsError(  # noqa: F821
+        raise DbopsError(
             f"threshold {first['loc'][0]}={given[str(first['loc'][0])]!r}: {first['msg']}"
         ) from None
 
 
-@app.command()  # noqa: F821
+@app.command()
 def health(
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     check: Annotated[
         list[str] | None, typer.Option("--check", help="only this check (repeatable)")
     ] = None,
@@ -766,17 +766,17 @@ def health(
     connection_limit: Annotated[
         int | None, typer.Option(help="the app's pool per instance; default from DATABASE_URL")
     ] = None,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """Health report like PgHero's; exit code 1 when a check is critical.
 
     The report is printed even then, so this does not use run_flow.
     """
-    use_database_url(database_url)  # noqa: F821
+    use_database_url(database_url)
     try:
         thresholds = parse_thresholds(threshold)
-    except DbopsError as exc:  # noqa: F821
-        fail(str(exc))  # noqa: F821
+    except DbopsError as exc:
+        fail(str(exc))
     from flows.health import ICON, health_report
 
     try:
@@ -787,21 +787,21 @@ def health(
             connection_limit=connection_limit,
             return_state=True,
         )
-    except DbopsError as exc:  # noqa: F821
-        fail(str(exc))  # noqa: F821
+    except DbopsError as exc:
+        fail(str(exc))
     report = state.result(raise_on_failure=False)
     if not isinstance(report, dict):
         message = str(report) if isinstance(report, BaseException) else state.message
-        fail((message or state.name).strip().splitlines()[0])  # noqa: F821
+        fail((message or state.name).strip().splitlines()[0])
     lines = [f"health of {report['database']}: {report['status']}"]
     for c in report["checks"]:
         lines.append(f"  {ICON[c['status']]} {c['status']:<8} {c['name']:<26} {c['summary']}")
         for finding in c["findings"][:5]:
             named = {k: v for k, v in finding.items() if k in NAMED_KEYS}
             lines.append(f"        {named or finding}")
-    emit(report, as_json, "\n".join(lines))  # noqa: F821
+    emit(report, as_json, "\n".join(lines))
     if not state.is_completed():
-        say(f"error: {state.message}")  # noqa: F821
+        say(f"error: {state.message}")
         raise typer.Exit(1)
 
 
@@ -823,10 +823,10 @@ NAMED_KEYS = (
 )
 
 
-@app.command("create-readonly-user")  # noqa: F821
+@app.command("create-readonly-user")
 def create_readonly_user_cmd(
     name: Annotated[str, typer.Argument(help="name of the read-only role")],
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     schema: Annotated[
         list[str] | None, typer.Option("--schema", help="schema to read (repeat); default public")
     ] = None,
@@ -838,13 +838,13 @@ def create_readonly_user_cmd(
         str | None, typer.Option(help="Prefect Secret block for the credentials")
     ] = None,
     store: StoreAs = "url",
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a read-only role (idempotent) and prove it can read new tables and not write."""
     from flows.security import create_readonly_user
 
-    use_database_url(database_url)  # noqa: F821
-    result = run_flow(  # noqa: F821
+    use_database_url(database_url)
+    result = run_flow(
         create_readonly_user,
         role=name,
         schemas=schema,
@@ -862,13 +862,13 @@ def create_readonly_user_cmd(
         f" in {result['database']}; {where}"
     ]
     lines += [f"  {c['check']}: {c['result']}" for c in result["checks"]]
-    emit(result, as_json, "\n".join(lines))  # noqa: F821
+    emit(result, as_json, "\n".join(lines))
 
 
-@app.command("rotate-password")  # noqa: F821
+@app.command("rotate-password")
 def rotate_password_cmd(
     role: Annotated[str, typer.Argument(help="role whose password to rotate")],
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     secret_block: Annotated[
         str | None, typer.Option(help="Prefect Secret block; default dbops-<db>-<role>")
     ] = None,
@@ -880,7 +880,7 @@ def rotate_password_cmd(
     aws_endpoint_url: Annotated[
         str | None, typer.Option(help="default $AWS_ENDPOINT_URL_SECRETSMANAGER")
     ] = None,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """New strong password, proven to log in, stored in a Prefect Secret (and AWS); never shown.
 
@@ -888,8 +888,8 @@ def rotate_password_cmd(
     """
     from flows.security import rotate_password
 
-    use_database_url(database_url)  # noqa: F821
-    result = run_flow(  # noqa: F821
+    use_database_url(database_url)
+    result = run_flow(
         rotate_password,
         role=role,
         secret_block=secret_block,
@@ -901,7 +901,7 @@ def rotate_password_cmd(
     where = f"Prefect Secret {result['secret_block']!r}"
     if result["aws_secret_id"]:
         where += f" and AWS secret {result['aws_secret_id']!r}"
-    emit(  # noqa: F821
+    emit(
         result,
         as_json,
         f"password of {role!r} rotated, login verified, stored in {where}; "
@@ -909,24 +909,22 @@ def rotate_password_cmd(
     )
 
 
-@app.command("terminate-blocking")  # noqa: F821
+@app.command("terminate-blocking")
 def terminate_blocking_cmd(
-    database_url: DatabaseUrl = None,  # noqa: F821
+    database_url: DatabaseUrl = None,
     min_blocked_seconds: Annotated[
         float, typer.Option(min=0, help="only sessions keeping others waiting longer than this")
     ] = 60.0,
     yes: Annotated[
         bool, typer.Option("--yes", help="really terminate them (default: only report)")
     ] = False,
-    as_json: JsonFlag = False,  # noqa: F821
+    as_json: JsonFlag = False,
 ) -> None:
     """Last resort: pg_terminate_backend on sessions at the head of long lock waits."""
     from flows.security import terminate_blocking
 
-    use_database_url(database_url)  # noqa: F821
-    result = run_flow(  # noqa: F821
-        terminate_blocking, min_blocked_seconds=min_blocked_seconds, confirm=yes
-    )
+    use_database_url(database_url)
+    result = run_flow(terminate_blocking, min_blocked_seconds=min_blocked_seconds, confirm=yes)
     lines = [
         f"pid {s['pid']} ({s['user']}, {s['state']}) blocks {s['blocked_pids']} for "
         f"{s['longest_wait_seconds']} s: {s['action']}"
@@ -934,7 +932,7 @@ def terminate_blocking_cmd(
     ] or [f"no session blocks others for more than {min_blocked_seconds:g} s"]
     if result["sessions"] and not yes:
         lines.append("nothing terminated; pass --yes to terminate them")
-    emit(result, as_json, "\n".join(lines))  # noqa: F821
+    emit(result, as_json, "\n".join(lines))
 
 
 def main() -> None:
