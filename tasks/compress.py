@@ -1,9 +1,10 @@
 """Streaming compressors: each turns an iterator of chunks into an iterator of compressed chunks.
 
 gzip output is a series of independent gzip members, each compressed on its
-own thread, which any gunzip reads as one file. The deflate engine is zlib-ng:
-the same format and levels as zlib, about twice the speed per core and a
-slightly better ratio at level 6. zstd uses libzstd's own worker threads.
+own thread, which any gunzip reads as one file. Levels 1-6 deflate with Intel's
+ISA-L (python-isal): several times faster than zlib per core, at a ratio within
+a few percent of `gzip -6`; levels 7-9 use zlib-ng at that level for the best
+ratio. zstd uses libzstd's own worker threads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Literal
 
 import zstandard
+from isal import isal_zlib
 from zlib_ng import zlib_ng as zlib
 
 from tasks.errors import DbopsError
@@ -44,7 +46,10 @@ def default_threads() -> int:
 
 
 def _gzip_member(data: bytes, level: int) -> bytes:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    if level <= 6:  # ISA-L has levels 0-3; its 3 is slower than zlib-ng and no smaller
+        compressor = isal_zlib.compressobj(1 if level <= 2 else 2, isal_zlib.DEFLATED, 31)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
     return compressor.compress(data) + compressor.flush()
 
 

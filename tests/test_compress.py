@@ -60,3 +60,15 @@ def test_levels_are_checked():
         check_level("gzip", 12)
     with pytest.raises(DbopsError, match="unknown compression"):
         check_level("lz4", None)
+
+
+def test_every_gzip_level_is_standard_gzip_and_high_levels_compress_harder():
+    """Levels 1-6 go through ISA-L, 7-9 through zlib-ng: all of them plain gzip to gunzip."""
+    data = sample(6 * 1024 * 1024)
+    sizes = {}
+    for level in (1, 6, 9):
+        packed = b"".join(compress_stream(chunks(data), "gzip", level, threads=2))
+        out = subprocess.run(["gunzip", "-c"], input=packed, capture_output=True, check=True)
+        assert out.stdout == data
+        sizes[level] = len(packed)
+    assert sizes[9] < sizes[6] <= sizes[1]
