@@ -1,6 +1,6 @@
 """backup-fleet: back up many databases at once, each as its own backup run.
 
-With `deployment` set (e.g. "backup-database/nightly"), each database becomes a run of that
+With `deployment` set (e.g. "backup-database/on-demand"), each database becomes a run of that
 deployment, picked up by whichever worker is free, on any machine: Prefect distributes, dbops
 writes no scheduler of its own. Without it, the backups run here as subflows. One database
 failing never stops the others; the run fails at the end, naming them.
@@ -39,17 +39,22 @@ def backup_one(
         if backup_url:
             parameters["backup_url"] = backup_url
         run = run_deployment(deployment, parameters=parameters, timeout=timeout_seconds)
-        # run_deployment never raises on a failed run: the state says what happened.
+        # run_deployment never raises on a failed run: the state says what happened. Its
+        # result lives with the worker that ran it, so the run's name is what we report.
         if run.state is None or not run.state.is_completed():
             name = run.state.name if run.state else "unknown"
             raise DbopsError(f"{deployment} run {run.name} ended {name}: {run.state.message}")
-        manifest = run.state.result()
-    else:
-        manifest = backup_database(
-            database_url=database_url, backup_url=backup_url, retries=retries
-        )
+        return {
+            "database": database_url,
+            "flow_run": run.name,
+            "backup_id": "",
+            "size": 0,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    manifest = backup_database(database_url=database_url, backup_url=backup_url, retries=retries)
     return {
         "database": database_url,
+        "flow_run": "",
         "backup_id": manifest["backup_id"],
         "size": manifest["dump"]["size"],
         "seconds": round(time.monotonic() - started, 1),

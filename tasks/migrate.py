@@ -42,7 +42,7 @@ from tasks.dump import CHUNK_SIZE
 from tasks.errors import DbopsError
 from tasks.manifest import Manifest
 from tasks.pg import ConnInfo
-from tasks.restore import _HashingReader
+from tasks.restore import HashingReader
 from tasks.storage import Destination
 
 NO_TRANSACTION_MARKER = "-- dbops:no-transaction"
@@ -665,7 +665,7 @@ def check_backup_readable(destination: Destination, manifest: Manifest) -> int:
     where = destination.url_for(manifest.dump.name)
     head, tail, raw_size = b"", b"", 0
     with destination.open_read(manifest.dump.name) as raw:
-        hashing = _HashingReader(raw)
+        hashing = HashingReader(raw)
         reader = DecompressingReader(hashing, compression)
         while chunk := reader.read_chunk(CHUNK_SIZE):
             if len(head) < 5:

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from tasks.errors import DbopsError
 from tasks.pg import ConnInfo
-from tasks.restore import _maintenance_conn, database_exists
+from tasks.restore import database_exists, maintenance_conn
 
 NON_PRODUCTION_ENVIRONMENTS = {"development", "dev", "test", "testing", "local", "ci"}
 NON_PRODUCTION_NAME = re.compile(r".+_(dev|test|local)$", re.IGNORECASE)
@@ -67,7 +67,7 @@ def reset_database(target: ConnInfo) -> str:
 
 
 def _drop_and_create(target: ConnInfo) -> str:
-    with _maintenance_conn(target) as admin:
+    with maintenance_conn(target) as admin:
         name = sql.Identifier(target.dbname)
         owner = None
         if database_exists(admin, target.dbname):

@@ -42,7 +42,7 @@ class RestoreResult:
     replaced_existing: bool = False
 
 
-def _maintenance_conn(target: ConnInfo) -> psycopg.Connection:
+def maintenance_conn(target: ConnInfo) -> psycopg.Connection:
     """A connection to the same server but another database, to create/drop the target."""
     for name in ("postgres", "template1"):
         if name == target.dbname:
@@ -82,7 +82,7 @@ def _scratch_name(dbname: str) -> str:
     return f"{dbname[:40]}__dbops_restore_{int(time.time())}"
 
 
-def _restore_command(source: BackupSource, major: int) -> list[str]:
+def restore_command(source: BackupSource, major: int) -> list[str]:
     if source.format == "custom":
         needed = major
         if source.manifest:
@@ -110,7 +110,7 @@ def _restore_command(source: BackupSource, major: int) -> list[str]:
     ]
 
 
-class _HashingReader:
+class HashingReader:
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.hasher = hashlib.sha256()
@@ -123,7 +123,7 @@ class _HashingReader:
         return data
 
 
-def _check_integrity(source: BackupSource, reader: _HashingReader) -> bool:
+def _check_integrity(source: BackupSource, reader: HashingReader) -> bool:
     manifest = source.manifest
     if manifest is None:
         return False
@@ -142,7 +142,7 @@ def _check_integrity(source: BackupSource, reader: _HashingReader) -> bool:
 
 def stream_into(
     source: BackupSource, command: list[str], env: dict[str, str], secret: str | None
-) -> tuple[_HashingReader, bool]:
+) -> tuple[HashingReader, bool]:
     """Feed the backup to psql/pg_restore; the end of input is sent only if it is intact."""
     process = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -153,7 +153,7 @@ def stream_into(
     verified = False
     try:
         with source.destination.open_read(source.dump_name) as raw:
-            reader = _HashingReader(raw)
+            reader = HashingReader(raw)
             decompressor = DecompressingReader(reader, source.compression)
             held = decompressor.read_chunk(CHUNK_SIZE)
             while held:
@@ -179,9 +179,9 @@ def stream_into(
 
 def run_restore(source: BackupSource, target: ConnInfo, clean: bool = False) -> RestoreResult:
     started = time.perf_counter()
-    with _maintenance_conn(target) as admin:
+    with maintenance_conn(target) as admin:
         major, _ = server_version(admin)
-        command = _restore_command(source, major)
+        command = restore_command(source, major)
         exists = database_exists(admin, target.dbname)
         replace = False
         if exists:

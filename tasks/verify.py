@@ -29,7 +29,7 @@ from tasks.dump import CHUNK_SIZE
 from tasks.errors import DbopsError, TransientError
 from tasks.manifest import VERIFIED_SUFFIX, ObjectInfo
 from tasks.pg import ConnInfo, server_version
-from tasks.restore import _HashingReader, _maintenance_conn, _restore_command, run_restore
+from tasks.restore import HashingReader, maintenance_conn, restore_command, run_restore
 from tasks.storage import Destination
 
 SMOKE_TIMEOUT = "60s"
@@ -100,7 +100,7 @@ def check_object(destination: Destination, info: ObjectInfo, compression: str) -
     """Size, SHA-256 and a full decompression of a small companion object (the globals)."""
     try:
         with destination.open_read(info.name) as raw:
-            hashing = _HashingReader(raw)
+            hashing = HashingReader(raw)
             reader = DecompressingReader(hashing, compression)
             while reader.read_chunk(CHUNK_SIZE):
                 pass
@@ -169,9 +169,9 @@ def verify_restore(
     scratch = server.with_dbname(scratch_name(manifest.database))
     record.server = scratch.redacted()
     started = time.perf_counter()
-    with _maintenance_conn(scratch) as admin:
+    with maintenance_conn(scratch) as admin:
         major, _ = server_version(admin)
-        _restore_command(source, major)  # no psql/pg_restore: the surroundings' fault, raised
+        restore_command(source, major)  # no psql/pg_restore: the surroundings' fault, raised
         name = sql.Identifier(scratch.dbname)
         try:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))

@@ -48,6 +48,7 @@ class PrefectServer:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
 
     # -- environment ---------------------------------------------------------------------
 
@@ -154,22 +155,36 @@ class PrefectServer:
             },
         )
 
-    def start_worker(self, timeout: float = 90, **env: str) -> None:
+    def start_worker(self, timeout: float = 90, limit: int | None = None, **env: str) -> None:
         """A process worker polling every second, run from the repository root."""
-        worker = self._spawn(
-            "worker",
-            [str(BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process"],
-            self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env),
-        )
+        argv = [str(BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process"]
+        if limit is not None:
+            argv += ["--limit", str(limit)]
+        worker = self._spawn("worker", argv, self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env))
+        self.workers.append(worker)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise RuntimeError(f"prefect worker exited:\n{self.log_tail('worker')}")
-            workers = self.request("POST", f"/work_pools/{self.pool}/workers/filter", json={})
-            if any(w.get("status") == "ONLINE" for w in workers):
+            if self.online_workers() >= len(self.workers):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"prefect worker not online in {timeout} s:\n{self.log_tail('worker')}")
+
+    def online_workers(self) -> int:
+        workers = self.request("POST", f"/work_pools/{self.pool}/workers/filter", json={})
+        return sum(w.get("status") == "ONLINE" for w in workers)
+
+    def stop_workers(self) -> None:
+        """End every worker and forget them on the server (it would list them until their
+        heartbeat expires)."""
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        self.workers.clear()
+        for worker in self.request("POST", f"/work_pools/{self.pool}/workers/filter", json={}):
+            self.request("DELETE", f"/work_pools/{self.pool}/workers/{worker['name']}")
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -4,9 +4,12 @@ twice at once (the second is cancelled), and from the Prefect UI in headless Chr
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +21,12 @@ from tests.conftest import REPO, new_database
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-SCREENSHOT = REPO / "docs" / "ui-backup-run.png"
+# The README's screenshots are refreshed only when asked (DBOPS_SCREENSHOTS=1): a test run
+# leaves the work tree as it found it.
+SCREENSHOT_DIR = (
+    REPO / "docs" if os.environ.get("DBOPS_SCREENSHOTS") else Path(tempfile.gettempdir())
+)
+SCREENSHOT = SCREENSHOT_DIR / "ui-backup-run.png"
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +217,72 @@ def test_a_run_started_from_the_prefect_ui(deployed, bucket, s3_client):
         page.screenshot(path=str(SCREENSHOT.with_name("ui-backup-report.png")), full_page=True)
         browser.close()
     assert len(keys(s3_client, bucket, "ui/")) == 2
+
+
+def test_fleet_spreads_backups_over_two_workers(deployed, pg, bucket, s3_client):
+    """backup-fleet/manual turns three databases into on-demand runs that two workers share."""
+    urls = [new_database(pg, "fleet") for _ in range(3)]
+    for url in urls:
+        create_sample_database(ConnInfo.parse(url), size_mb=4)
+    # Two workers that take at most two runs each: the fleet's own run holds a slot of one,
+    # so its three backups cannot all land on one worker.
+    deployed.stop_workers()
+    deployed.start_worker(limit=2)
+    deployed.start_worker(limit=2)
+    run = create_run(
+        deployed,
+        "backup-fleet/manual",
+        databases=urls,
+        databases_variable=None,
+        backup_url=f"s3://{bucket}/fleet",
+        max_parallel=3,
+    )
+    finished = wait_for(deployed, run["id"], timeout=240)
+    assert finished["state"]["type"] == "COMPLETED", deployed.log_tail("worker")
+    names = keys(s3_client, bucket, "fleet/")
+    assert len([n for n in names if n.endswith(".manifest.json")]) == 3
+    members = [
+        r
+        for r in deployed.flow_runs("backup-database/on-demand")
+        if r["parameters"].get("backup_url") == f"s3://{bucket}/fleet"
+    ]
+    assert len(members) == 3 and all(r["state"]["type"] == "COMPLETED" for r in members)
+    workers = {
+        line.split("'")[1]
+        for r in members
+        for line in deployed.logs(r["id"])
+        if line.startswith("Worker '")
+    }
+    assert len(workers) == 2, workers
+
+
+def test_dbops_serve_registers_the_deployments_with_their_schedules(deployed):
+    """`dbops serve` serves prefect.yaml's deployments from one process, without a work pool."""
+    import subprocess
+    import sys
+
+    dbops = str(Path(sys.executable).parent / "dbops")
+    existing = deployment(deployed, "health-report/hourly")  # from deploy --all: a pool's
+    deployed.request("DELETE", f"/deployments/{existing['id']}")
+    process = subprocess.Popen(
+        [dbops, "serve", "--only", "health-report/hourly"],
+        cwd=REPO,
+        env=deployed.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        served = []
+        while time.monotonic() < deadline and not served:
+            found = deployed.request(
+                "POST", "/deployments/filter", json={"deployments": {"name": {"any_": ["hourly"]}}}
+            )
+            served = [d for d in found if d["work_pool_name"] is None and d["last_polled"]]
+            time.sleep(1)
+        assert served, "dbops serve registered nothing"
+        assert served[0]["schedules"][0]["schedule"]["cron"] == "0 * * * *"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

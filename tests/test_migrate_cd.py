@@ -9,6 +9,8 @@ from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 from tests.test_migrate import BASE_SCHEMA, execute, write_migrations
 
 DEPLOYMENT = "migrate-database/cd"
+
+
 def test_cd_run_exit_codes_and_rollback(prefect_server: PrefectServer, pg, tmp_path):  # noqa: F811
     from prefect.blocks.system import Secret
 
