@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import documented
+from flows.parameters import DatabaseUrl, documented
 from tasks.compress import check_level
 from tasks.dump import BackupRequest, run_backup
 from tasks.errors import DbopsError, retry_transient
@@ -69,10 +69,7 @@ def dump_database(
 @flow(name="backup-database")
 @documented
 def backup_database(
-    database_url: Annotated[
-        str | None,
-        Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
-    ] = None,
+    database_url: DatabaseUrl = None,
     backup_url: Annotated[
         str | None, Field(description="s3://bucket/prefix or a directory; default BACKUP_URL")
     ] = None,

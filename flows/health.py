@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from flows.parameters import documented
+from flows.parameters import DatabaseUrl, documented
 from tasks.errors import retry_transient
 from tasks.health import (
     CHECKS,
@@ -121,10 +121,7 @@ def publish_report(database: str, results: list[dict[str, Any]]) -> None:
 @flow(name="health-report", **FAILURE_HOOKS)
 @documented
 def health_report(
-    database_url: Annotated[
-        str | None,
-        Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
-    ] = None,
+    database_url: DatabaseUrl = None,
     thresholds: Annotated[
         HealthThresholds | None, Field(description="warning/critical thresholds of every check")
     ] = None,

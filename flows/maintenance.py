@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.parameters import documented
+from flows.parameters import DatabaseUrl, documented
 from tasks.errors import retry_transient
 from tasks.locks import database_slot
 from tasks.maintenance import (
@@ -37,10 +37,6 @@ from tasks.pg import ConnInfo
 from tasks.report import publish_table
 from tasks.settings import Settings, reject_inline_password
 
-DatabaseUrl = Annotated[
-    str | None,
-    Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
-]
 TimeBudget = Annotated[
     float | None,
     Field(gt=0, description="start no new table/index after this many minutes; default none"),

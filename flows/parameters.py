@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
+from pydantic import Field
 from pydantic.fields import FieldInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,3 +40,10 @@ def documented(fn: F) -> F:
         doc = inspect.cleandoc(fn.__doc__ or "") or fn.__name__.replace("_", " ").capitalize()
         fn.__doc__ = doc + "\n\nArgs:\n" + "\n".join(lines) + "\n"
     return fn
+
+
+DatabaseUrl = Annotated[
+    str | None,
+    Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
+]
+"""The target database of every flow: never a password in a parameter (Prefect stores them)."""

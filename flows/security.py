@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from flows.parameters import documented
+from flows.parameters import DatabaseUrl, documented
 from tasks.errors import DbopsError, retry_transient
 from tasks.notify import FAILURE_HOOKS
 from tasks.pg import ConnInfo
@@ -31,10 +31,6 @@ from tasks.security import (
 )
 from tasks.settings import Settings, reject_inline_password
 
-DatabaseUrl = Annotated[
-    str | None,
-    Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
-]
 SecretBlock = Annotated[
     str | None,
     Field(description="Prefect Secret block for the credentials; default dbops-<db>-<role>"),

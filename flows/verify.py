@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import documented
+from flows.parameters import DatabaseUrl, documented
 from tasks.catalog import resolve_source
 from tasks.errors import DbopsError, retry_transient
 from tasks.pg import ConnInfo
@@ -77,10 +77,7 @@ def verify_backup(
     source: Annotated[
         str, Field(description="`latest`, a backup id, an s3:// URL or a path to a dump")
     ] = "latest",
-    database_url: Annotated[
-        str | None,
-        Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
-    ] = None,
+    database_url: DatabaseUrl = None,
     verify_database_url: Annotated[
         str | None,
         Field(
