@@ -51,13 +51,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tasks.compress import DecompressingReader  # noqa: E402
-from tasks.embedded import LocalCluster, free_port  # noqa: E402
-from tasks.manifest import MANIFEST_SUFFIX, read_manifest  # noqa: E402
-from tasks.pg import ClientTool, ConnInfo, find_client_tool, server_version  # noqa: E402
-from tasks.sample_data import BYTES_PER_MESSAGE, create_sample_database  # noqa: E402
-from tasks.settings import S3Options  # noqa: E402
-from tasks.storage import Destination, S3Destination  # noqa: E402
+from tasks.backup.compression import DecompressingReader  # noqa: E402
+from tasks.backup.manifest import MANIFEST_SUFFIX, read_manifest  # noqa: E402
+from tasks.core.client_tools import ClientTool, find_client_tool  # noqa: E402
+from tasks.core.postgres import ConnInfo, server_version  # noqa: E402
+from tasks.core.settings import S3Options  # noqa: E402
+from tasks.demo.embedded import LocalCluster, free_port  # noqa: E402
+from tasks.demo.sample_data import BYTES_PER_MESSAGE, create_sample_database  # noqa: E402
+from tasks.storage.destinations import Destination, S3Destination  # noqa: E402
 
 MB = 1024 * 1024
 BUCKET = "dbops-bench"

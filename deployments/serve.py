@@ -12,7 +12,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.schedules import Cron, Interval, RRule
 
-from deployments.catalog import DeploymentSpec, load_specs
+from deployments.specs import DeploymentSpec, load_specs
 
 
 def _schedule(entry: dict[str, Any]) -> Any:

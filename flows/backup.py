@@ -9,15 +9,16 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.parameters import DatabaseUrl, documented
-from tasks.compress import check_level
-from tasks.dump import BackupRequest, run_backup
-from tasks.errors import DbopsError, retry_transient
-from tasks.locks import database_slot
-from tasks.manifest import Manifest
-from tasks.pg import ConnInfo
-from tasks.report import ProgressReporter, publish_backup_report
-from tasks.settings import S3Options, Settings, reject_inline_password
-from tasks.storage import Destination
+from tasks.backup.compression import check_level
+from tasks.backup.manifest import Manifest
+from tasks.backup.pipeline import BackupRequest, run_backup
+from tasks.backup.report import publish_backup_report
+from tasks.core.artifacts import ProgressReporter
+from tasks.core.errors import DbopsError, retry_transient
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import S3Options, Settings, reject_inline_password
+from tasks.core.slots import database_slot
+from tasks.storage.destinations import Destination
 
 
 @task(name="dump-database", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

@@ -12,12 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.parameters import documented
-from tasks.errors import DbopsError, retry_transient
-from tasks.freshness import assess_freshness, check_limits
-from tasks.manifest import list_manifests
-from tasks.retention import BackupInfo
-from tasks.settings import S3Options, Settings
-from tasks.storage import Destination
+from tasks.backup.manifest import list_manifests
+from tasks.core.errors import DbopsError, retry_transient
+from tasks.core.settings import S3Options, Settings
+from tasks.retention.freshness import assess_freshness, check_limits
+from tasks.retention.policy import BackupInfo
+from tasks.storage.destinations import Destination
 
 
 @task(name="list-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

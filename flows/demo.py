@@ -15,11 +15,11 @@ from pydantic import Field
 from flows.backup import backup_database
 from flows.parameters import documented
 from flows.restore import restore_database
-from tasks.dump import table_row_counts
-from tasks.embedded import LocalCluster
-from tasks.errors import DbopsError
-from tasks.pg import ConnInfo
-from tasks.sample_data import create_sample_database
+from tasks.backup.pipeline import table_row_counts
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
+from tasks.demo.embedded import LocalCluster
+from tasks.demo.sample_data import create_sample_database
 
 DEMO_DATABASE = "ai_saas"
 

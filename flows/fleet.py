@@ -20,9 +20,9 @@ from pydantic import Field
 
 from flows.backup import backup_database
 from flows.parameters import documented
-from tasks.errors import DbopsError
-from tasks.report import publish_table
-from tasks.settings import reject_inline_password
+from tasks.core.artifacts import publish_table
+from tasks.core.errors import DbopsError
+from tasks.core.settings import reject_inline_password
 
 
 @task(name="backup-one", cache_policy=NO_CACHE, task_run_name="backup {database_url}")

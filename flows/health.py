@@ -18,8 +18,12 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.parameters import DatabaseUrl, documented
-from tasks.errors import retry_transient
-from tasks.health import (
+from tasks.core.artifacts import artifact_key, publish_table
+from tasks.core.errors import retry_transient
+from tasks.core.notify import FAILURE_HOOKS
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings, reject_inline_password
+from tasks.health.checks import (
     CHECKS,
     STATUS_ORDER,
     HealthThresholds,
@@ -28,10 +32,6 @@ from tasks.health import (
     select_checks,
     worst,
 )
-from tasks.notify import FAILURE_HOOKS
-from tasks.pg import ConnInfo
-from tasks.report import artifact_key, publish_table
-from tasks.settings import Settings, reject_inline_password
 
 ICON = {"ok": "✅", "warning": "⚠️", "critical": "🛑"}
 FINDINGS_IN_SUMMARY = 5

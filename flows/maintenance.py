@@ -16,9 +16,13 @@ from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from flows.parameters import DatabaseUrl, documented
-from tasks.errors import retry_transient
-from tasks.locks import database_slot
-from tasks.maintenance import (
+from tasks.core.artifacts import publish_table
+from tasks.core.errors import retry_transient
+from tasks.core.notify import FAILURE_HOOKS
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings, reject_inline_password
+from tasks.core.slots import database_slot
+from tasks.maintenance.vacuum import (
     MB,
     IndexCandidate,
     Mode,
@@ -32,10 +36,6 @@ from tasks.maintenance import (
     run_table_maintenance,
     vacuum_candidates,
 )
-from tasks.notify import FAILURE_HOOKS
-from tasks.pg import ConnInfo
-from tasks.report import publish_table
-from tasks.settings import Settings, reject_inline_password
 
 TimeBudget = Annotated[
     float | None,

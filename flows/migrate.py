@@ -24,10 +24,23 @@ from prefect.runtime import flow_run
 from prefect.transactions import Transaction, get_transaction, transaction
 from pydantic import Field
 
-from tasks.catalog import resolve_source
-from tasks.dump import BackupRequest, run_backup
-from tasks.errors import DbopsError
-from tasks.migrate import (
+from tasks.backup.catalog import resolve_source
+from tasks.backup.pipeline import BackupRequest, run_backup
+from tasks.core.artifacts import artifact_key
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import S3Options, Settings, reject_inline_password
+from tasks.migrations.checks import (
+    CheckResult,
+    SchemaBaseline,
+    builtin_checks,
+    capture_baseline,
+    failure_summary,
+    read_checks_file,
+    sql_checks,
+)
+from tasks.migrations.lock import migration_lock_for
+from tasks.migrations.runner import (
     AppliedResult,
     CommandResult,
     Migration,
@@ -42,21 +55,8 @@ from tasks.migrate import (
     read_prisma_history,
     run_command,
 )
-from tasks.migration_lock import migration_lock_for
-from tasks.pg import ConnInfo
-from tasks.report import artifact_key
-from tasks.restore import run_restore
-from tasks.settings import S3Options, Settings, reject_inline_password
-from tasks.storage import Destination
-from tasks.verify_schema import (
-    CheckResult,
-    SchemaBaseline,
-    builtin_checks,
-    capture_baseline,
-    failure_summary,
-    read_checks_file,
-    sql_checks,
-)
+from tasks.restore.restore import run_restore
+from tasks.storage.destinations import Destination
 
 
 def _target(database_url: str | None) -> tuple[str, ConnInfo]:

@@ -18,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.parameters import documented
-from tasks.errors import DbopsError, retry_transient
-from tasks.report import artifact_key
-from tasks.retention import (
+from tasks.core.artifacts import artifact_key
+from tasks.core.errors import DbopsError, retry_transient
+from tasks.core.settings import S3Options, Settings
+from tasks.retention.policy import (
     BackupInfo,
     Inventory,
     PruneResult,
@@ -32,8 +33,7 @@ from tasks.retention import (
     stale_partial_writes,
     take_inventory,
 )
-from tasks.settings import S3Options, Settings
-from tasks.storage import Destination
+from tasks.storage.destinations import Destination
 
 
 def _destination(backup_url: str | None, s3: S3Options | None) -> Destination:

@@ -15,10 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tasks.migrate import RunOptions, apply_migration, discover_migrations
-from tasks.pg import ConnInfo
-from tasks.reset import check_confirmation, non_production_reason, reset_database
-from tasks.settings import Settings, reject_inline_password
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings, reject_inline_password
+from tasks.migrations.reset import check_confirmation, non_production_reason, reset_database
+from tasks.migrations.runner import RunOptions, apply_migration, discover_migrations
 
 
 @task(name="reset-database", cache_policy=NO_CACHE)

@@ -10,12 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.parameters import documented
-from tasks.catalog import resolve_source
-from tasks.errors import retry_transient
-from tasks.pg import ConnInfo
-from tasks.report import publish_table
-from tasks.restore import RestoreResult, run_restore
-from tasks.settings import S3Options, Settings, reject_inline_password
+from tasks.backup.catalog import resolve_source
+from tasks.core.artifacts import publish_table
+from tasks.core.errors import retry_transient
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import S3Options, Settings, reject_inline_password
+from tasks.restore.restore import RestoreResult, run_restore
 
 
 @task(name="restore-backup", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

@@ -15,11 +15,12 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.parameters import DatabaseUrl, documented
-from tasks.errors import DbopsError, retry_transient
-from tasks.notify import FAILURE_HOOKS
-from tasks.pg import ConnInfo
-from tasks.report import publish_table
-from tasks.security import (
+from tasks.core.artifacts import publish_table
+from tasks.core.errors import DbopsError, retry_transient
+from tasks.core.notify import FAILURE_HOOKS
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings, reject_inline_password
+from tasks.security.roles import (
     AwsSecretTarget,
     BlockingSession,
     ReadonlyResult,
@@ -29,7 +30,6 @@ from tasks.security import (
     rotate_role_password,
     terminate_blocking_sessions,
 )
-from tasks.settings import Settings, reject_inline_password
 
 SecretBlock = Annotated[
     str | None,

@@ -16,18 +16,18 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.parameters import DatabaseUrl, documented
-from tasks.catalog import resolve_source
-from tasks.errors import DbopsError, retry_transient
-from tasks.pg import ConnInfo
-from tasks.report import artifact_key
-from tasks.settings import S3Options, Settings, reject_inline_password, resolve_secret
-from tasks.storage import Destination
-from tasks.verify import (
+from tasks.backup.catalog import resolve_source
+from tasks.core.artifacts import artifact_key
+from tasks.core.errors import DbopsError, retry_transient
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import S3Options, Settings, reject_inline_password, resolve_secret
+from tasks.restore.restore_test import (
     VerificationRecord,
     verification_markdown,
     verify_restore,
     write_verification,
 )
+from tasks.storage.destinations import Destination
 
 
 def scratch_server(verify_database_url: str | None, settings: Settings) -> ConnInfo:

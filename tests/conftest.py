@@ -19,9 +19,9 @@ from psycopg import sql
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
-from tasks.embedded import LocalCluster, free_port  # noqa: E402
-from tasks.pg import ConnInfo  # noqa: E402
-from tasks.sample_data import create_sample_database  # noqa: E402
+from tasks.core.postgres import ConnInfo  # noqa: E402
+from tasks.demo.embedded import LocalCluster, free_port  # noqa: E402
+from tasks.demo.sample_data import create_sample_database  # noqa: E402
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +158,8 @@ def run_cli(
 
 def schema_dump(url: str) -> str:
     """pg_dump --schema-only, minus what legitimately differs between two databases."""
-    from tasks.pg import find_client_tool, server_version
+    from tasks.core.client_tools import find_client_tool
+    from tasks.core.postgres import server_version
 
     info = ConnInfo.parse(url)
     with info.connect() as conn:
@@ -176,7 +177,7 @@ def schema_dump(url: str) -> str:
 
 def content_checksums(url: str) -> dict[str, tuple[int, str]]:
     """Row count and an order-independent checksum of every user table's content."""
-    from tasks.dump import table_row_counts
+    from tasks.backup.pipeline import table_row_counts
 
     info = ConnInfo.parse(url)
     result = {}
@@ -193,7 +194,8 @@ def content_checksums(url: str) -> dict[str, tuple[int, str]]:
 
 def psql(url: str, *args: str, input: str | None = None, check: bool = True):
     """The real psql client, connected by environment (no password on its command line)."""
-    from tasks.pg import find_client_tool, server_version
+    from tasks.core.client_tools import find_client_tool
+    from tasks.core.postgres import server_version
 
     info = ConnInfo.parse(url)
     with info.connect() as conn:

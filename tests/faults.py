@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.pg import find_client_tool
+from tasks.core.client_tools import find_client_tool
 
 
 def write_script(path: Path, body: str) -> Path:

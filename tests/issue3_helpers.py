@@ -18,7 +18,7 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from tasks.manifest import (
+from tasks.backup.manifest import (
     MANIFEST_SUFFIX,
     VERIFIED_SUFFIX,
     Manifest,
@@ -27,7 +27,7 @@ from tasks.manifest import (
     new_backup_id,
     write_manifest,
 )
-from tasks.storage import Destination
+from tasks.storage.destinations import Destination
 from tests.conftest import run_cli
 
 
@@ -89,9 +89,9 @@ def backup_objects(manifest: Manifest) -> set[str]:
 
 
 def cli_app() -> typer.Typer:
-    import flows.cli
+    import cli
 
-    return flows.cli.app
+    return cli.app
 
 
 def invoke_dbops(*args: str, env: dict[str, str | None] | None = None) -> Result:

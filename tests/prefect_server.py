@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.embedded import free_port
+from tasks.demo.embedded import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -11,8 +11,8 @@ import pytest
 
 from flows.backup import backup_database
 from flows.restore import restore_database
-from tasks.manifest import list_manifests
-from tasks.storage import Destination
+from tasks.backup.manifest import list_manifests
+from tasks.storage.destinations import Destination
 from tests.conftest import content_checksums, new_database, psql, schema_dump
 from tests.faults import FailingS3Proxy, dying_pg_dump
 
@@ -145,7 +145,11 @@ def test_failed_upload_leaves_no_object(prefect, sample_db, bucket, s3_client, s
 
 
 def test_globals_dump_has_the_roles(prefect, pg, sample_db, tmp_path):
-    with __import__("tasks.pg", fromlist=["ConnInfo"]).ConnInfo.parse(sample_db).connect() as conn:
+    with (
+        __import__("tasks.core.postgres", fromlist=["ConnInfo"])
+        .ConnInfo.parse(sample_db)
+        .connect() as conn
+    ):
         conn.execute("DROP ROLE IF EXISTS app_reader; CREATE ROLE app_reader LOGIN")
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path), include_globals=True)
     globals_file = tmp_path / manifest["globals"]["name"]
@@ -156,8 +160,8 @@ def test_globals_dump_has_the_roles(prefect, pg, sample_db, tmp_path):
 
 def test_cross_version_pg15_server(prefect, pg15, pg, tmp_path):
     """A PostgreSQL 15 server is dumped with a pg_dump >= 15 and restores into 15 and 18."""
-    from tasks.pg import ConnInfo
-    from tasks.sample_data import create_sample_database
+    from tasks.core.postgres import ConnInfo
+    from tasks.demo.sample_data import create_sample_database
 
     source = new_database(pg15, "old")
     create_sample_database(ConnInfo.parse(source), size_mb=1)
@@ -200,8 +204,8 @@ def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, t
 
 def test_backup_waits_for_another_job_on_the_same_database(prefect, sample_db, tmp_path):
     """Maintenance holding the database's concurrency slot keeps a backup from starting."""
-    from tasks.locks import database_slot
-    from tasks.pg import ConnInfo
+    from tasks.core.postgres import ConnInfo
+    from tasks.core.slots import database_slot
 
     with database_slot(ConnInfo.parse(sample_db)):
         state = backup_database(

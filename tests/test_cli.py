@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from tasks.embedded import free_port
+from tasks.demo.embedded import free_port
 from tests.conftest import content_checksums, new_database, run_cli
 from tests.faults import immutable, mutable, recording_tools
 

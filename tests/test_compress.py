@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tasks.compress import DecompressingReader, check_level, compress_stream
-from tasks.errors import DbopsError
+from tasks.backup.compression import DecompressingReader, check_level, compress_stream
+from tasks.core.errors import DbopsError
 
 CHUNK = 4 * 1024 * 1024
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.utilities.callables import parameter_schema
 
-from deployments.catalog import load_specs
 from deployments.serve import to_runner_deployment
+from deployments.specs import load_specs
 
 
 def test_every_parameter_of_every_deployment_is_described_for_the_ui():

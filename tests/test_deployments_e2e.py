@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.catalog import load_specs
-from tasks.pg import ConnInfo
-from tasks.sample_data import create_sample_database
+from deployments.specs import load_specs
+from tasks.core.postgres import ConnInfo
+from tasks.demo.sample_data import create_sample_database
 from tests.conftest import REPO, new_database
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect.variables import Variable
 
 from flows.fleet import backup_fleet
-from tasks.embedded import free_port
-from tasks.manifest import list_manifests
-from tasks.pg import ConnInfo
-from tasks.sample_data import create_sample_database
-from tasks.storage import Destination
+from tasks.backup.manifest import list_manifests
+from tasks.core.postgres import ConnInfo
+from tasks.demo.embedded import free_port
+from tasks.demo.sample_data import create_sample_database
+from tasks.storage.destinations import Destination
 from tests.conftest import new_database
 
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flows.check import backup_freshness
-from tasks.errors import DbopsError
-from tasks.freshness import assess_freshness
-from tasks.retention import BackupInfo
-from tasks.settings import S3Options
-from tasks.storage import Destination
+from tasks.core.errors import DbopsError
+from tasks.core.settings import S3Options
+from tasks.retention.freshness import assess_freshness
+from tasks.retention.policy import BackupInfo
+from tasks.storage.destinations import Destination
 from tests.issue3_helpers import invoke_dbops, make_backup, run_dbops
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)

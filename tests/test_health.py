@@ -18,8 +18,10 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from flows.health import health_report
-from tasks.errors import DbopsError, TransientError
-from tasks.health import (
+from tasks.core.errors import DbopsError, TransientError
+from tasks.core.notify import failure_text, notify_failure, post_webhook, selected
+from tasks.core.postgres import ConnInfo
+from tasks.health.checks import (
     CHECKS,
     HealthThresholds,
     PoolSettings,
@@ -27,8 +29,6 @@ from tasks.health import (
     run_checks,
     select_checks,
 )
-from tasks.notify import failure_text, notify_failure, post_webhook, selected
-from tasks.pg import ConnInfo
 from tests.conftest import new_database
 
 # Sensitive enough that every planted problem shows, used on the clean database too.
@@ -321,9 +321,9 @@ def flow_run_logs(flow_run_id) -> str:
 
 
 def issue5_cli():
-    import flows.cli
+    import cli
 
-    return flows.cli.app
+    return cli.app
 
 
 def flow_run_artifacts(flow_run_id):

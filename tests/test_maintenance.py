@@ -9,10 +9,10 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from flows.maintenance import FULL_WARNING, analyze, reindex, vacuum_analyze
-from tasks.health import invalid_indexes
-from tasks.locks import database_slot
-from tasks.maintenance import IndexCandidate, VacuumThresholds, run_reindex
-from tasks.pg import ConnInfo
+from tasks.core.postgres import ConnInfo
+from tasks.core.slots import database_slot
+from tasks.health.checks import invalid_indexes
+from tasks.maintenance.vacuum import IndexCandidate, VacuumThresholds, run_reindex
 from tests.conftest import new_database
 from tests.test_health import connect, flow_run_artifacts, flow_run_logs, flush_stats, issue5_cli
 

@@ -17,9 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.migrate import migrate_database
-from tasks.errors import DbopsError
-from tasks.manifest import list_manifests
-from tasks.migrate import (
+from tasks.backup.manifest import list_manifests
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
+from tasks.migrations.checks import builtin_checks, capture_baseline, sql_checks
+from tasks.migrations.lock import migration_lock
+from tasks.migrations.runner import (
     RunOptions,
     apply_migration,
     discover_migrations,
@@ -28,10 +31,7 @@ from tasks.migrate import (
     read_prisma_history,
     split_statements,
 )
-from tasks.migration_lock import migration_lock
-from tasks.pg import ConnInfo
-from tasks.storage import Destination
-from tasks.verify_schema import builtin_checks, capture_baseline, sql_checks
+from tasks.storage.destinations import Destination
 from tests.conftest import content_checksums, new_database, run_cli, schema_dump
 
 ALEMBIC_PROJECT = Path(__file__).parent / "alembic_project"

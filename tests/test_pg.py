@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from tasks.errors import DbopsError
-from tasks.pg import ConnInfo, available_tools, find_client_tool
+from tasks.core.client_tools import available_tools, find_client_tool
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
 
 
 def test_guide_prisma_url_is_accepted_and_its_app_params_kept_aside():

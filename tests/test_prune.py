@@ -11,8 +11,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.prune import prune_backups
-from tasks.manifest import VERIFIED_SUFFIX, list_manifests, write_manifest
-from tasks.retention import (
+from tasks.backup.manifest import VERIFIED_SUFFIX, list_manifests, write_manifest
+from tasks.core.settings import S3Options
+from tasks.retention.policy import (
     PRE_MIGRATION,
     BackupInfo,
     RetentionPolicy,
@@ -21,8 +22,7 @@ from tasks.retention import (
     stale_partial_writes,
     take_inventory,
 )
-from tasks.settings import S3Options
-from tasks.storage import Destination, LocalDestination
+from tasks.storage.destinations import Destination, LocalDestination
 from tests.issue3_helpers import backup_objects, invoke_dbops, make_backup, object_names
 
 HOUR = timedelta(hours=1)

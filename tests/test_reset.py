@@ -8,9 +8,9 @@ import pytest
 from psycopg import sql
 
 from flows.reset import reset_database_flow
-from tasks.errors import DbopsError
-from tasks.pg import ConnInfo
-from tasks.reset import non_production_reason
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
+from tasks.migrations.reset import non_production_reason
 from tests.conftest import content_checksums
 from tests.test_migrate import run_dbops, write_migrations
 

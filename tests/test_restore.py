@@ -9,7 +9,8 @@ import pytest
 
 from flows.backup import backup_database
 from flows.restore import restore_database
-from tasks.pg import ConnInfo, find_client_tool
+from tasks.core.client_tools import find_client_tool
+from tasks.core.postgres import ConnInfo
 from tests.conftest import content_checksums, new_database
 
 

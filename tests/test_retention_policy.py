@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import DbopsError
-from tasks.retention import PRE_MIGRATION, BackupInfo, RetentionPolicy, plan_retention
+from tasks.core.errors import DbopsError
+from tasks.retention.policy import PRE_MIGRATION, BackupInfo, RetentionPolicy, plan_retention
 
 NOW = datetime(2025, 3, 30, 12, 0, tzinfo=UTC)  # the day Europe's clocks go forward
 ZONES = [

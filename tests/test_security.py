@@ -15,10 +15,10 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from flows.security import create_readonly_user, rotate_password, terminate_blocking
-from tasks.errors import DbopsError
-from tasks.pg import ConnInfo
-from tasks.sample_data import create_sample_database
-from tasks.security import (
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo
+from tasks.demo.sample_data import create_sample_database
+from tasks.security.roles import (
     AwsSecretTarget,
     create_readonly_role,
     default_secret_block,

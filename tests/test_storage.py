@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.errors import DbopsError
-from tasks.settings import S3Options
-from tasks.storage import Destination
+from tasks.core.errors import DbopsError
+from tasks.core.settings import S3Options
+from tasks.storage.destinations import Destination
 
 
 class Boom(Exception):

@@ -11,14 +11,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.verify import verify_backup
-from tasks.dump import BackupRequest, run_backup
-from tasks.embedded import free_port
-from tasks.manifest import VERIFIED_SUFFIX, Manifest, list_manifests, write_manifest
-from tasks.pg import ConnInfo
-from tasks.sample_data import create_sample_database
-from tasks.settings import S3Options
-from tasks.storage import Destination
-from tasks.verify import VerificationRecord
+from tasks.backup.manifest import VERIFIED_SUFFIX, Manifest, list_manifests, write_manifest
+from tasks.backup.pipeline import BackupRequest, run_backup
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import S3Options
+from tasks.demo.embedded import free_port
+from tasks.demo.sample_data import create_sample_database
+from tasks.restore.restore_test import VerificationRecord
+from tasks.storage.destinations import Destination
 from tests.conftest import new_database
 from tests.issue3_helpers import invoke_dbops, object_names
 

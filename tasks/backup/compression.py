@@ -1,0 +1,160 @@
+"""Streaming compressors: each turns an iterator of chunks into an iterator of compressed chunks.
+
+gzip output is a series of independent gzip members, each compressed on its
+own thread, which any gunzip reads as one file. Levels 1-6 deflate with Intel's
+ISA-L (python-isal): several times faster than zlib per core, at a ratio within
+a few percent of `gzip -6`; levels 7-9 use zlib-ng at that level for the best
+ratio. zstd uses libzstd's own worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Literal
+
+import zstandard
+from isal import isal_zlib
+from zlib_ng import zlib_ng as zlib
+
+from tasks.core.errors import DbopsError
+
+Compression = Literal["gzip", "zstd", "none"]
+DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3, "none": 0}
+LEVEL_RANGES: dict[str, tuple[int, int]] = {"gzip": (1, 9), "zstd": (1, 19), "none": (0, 0)}
+SUFFIXES: dict[str, str] = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+GZIP_MEMBER_SIZE = 4 * 1024 * 1024
+
+
+def check_level(compression: str, level: int | None) -> int:
+    if compression not in DEFAULT_LEVELS:
+        raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+    if level is None:
+        return DEFAULT_LEVELS[compression]
+    low, high = LEVEL_RANGES[compression]
+    if not low <= level <= high:
+        raise DbopsError(
+            f"compression level {level} is out of range for {compression}; use {low}..{high}"
+        )
+    return level
+
+
+def default_threads() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _gzip_member(data: bytes, level: int) -> bytes:
+    if level <= 6:  # ISA-L has levels 0-3; its 3 is slower than zlib-ng and no smaller
+        compressor = isal_zlib.compressobj(1 if level <= 2 else 2, isal_zlib.DEFLATED, 31)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def gzip_stream(chunks: Iterator[bytes], level: int, threads: int) -> Iterator[bytes]:
+    """Independent gzip members compressed in parallel, yielded in input order."""
+    in_flight: deque[Future[bytes]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gzip") as pool:
+        for chunk in chunks:
+            in_flight.append(pool.submit(_gzip_member, chunk, level))
+            if len(in_flight) > threads:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def zstd_stream(chunks: Iterator[bytes], level: int, threads: int) -> Iterator[bytes]:
+    # libzstd's default job size for multithreading grows with the level (tens of MB per
+    # worker); 4 MiB jobs keep memory bounded at no measurable cost in speed or ratio.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads if threads > 1 else 0, job_size=4 * 1024 * 1024
+    )
+    compressor = zstandard.ZstdCompressor(compression_params=params)
+    stream = compressor.compressobj()
+    for chunk in chunks:
+        out = stream.compress(chunk)
+        if out:
+            yield out
+    yield stream.flush()
+
+
+def compress_stream(
+    chunks: Iterator[bytes], compression: str, level: int, threads: int | None = None
+) -> Iterator[bytes]:
+    threads = threads or default_threads()
+    if compression == "gzip":
+        return gzip_stream(chunks, level, threads)
+    if compression == "zstd":
+        return zstd_stream(chunks, level, threads)
+    if compression == "none":
+        return chunks
+    raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+
+
+class DecompressingReader:
+    """Undoes gzip (every member), zstd or nothing, chunk by chunk, and notices truncation."""
+
+    def __init__(self, raw: IO[bytes], compression: str) -> None:
+        self.raw = raw
+        self.compression = compression
+        self._member_open = False
+        if compression == "gzip":
+            self._gz = zlib.decompressobj(31)
+        elif compression == "zstd":
+            self._zstd = zstandard.ZstdDecompressor().decompressobj()
+        elif compression != "none":
+            raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+
+    def _gunzip(self, data: bytes) -> bytes:
+        out = []
+        try:
+            while data:
+                self._member_open = True
+                out.append(self._gz.decompress(data))
+                if not self._gz.eof:
+                    break
+                data = self._gz.unused_data
+                self._gz = zlib.decompressobj(31)
+                self._member_open = False
+        except zlib.error as exc:
+            raise DbopsError(f"the gzip stream is corrupt ({exc})") from None
+        return b"".join(out)
+
+    def _unzstd(self, data: bytes) -> bytes:
+        out = []
+        try:
+            while data:
+                self._member_open = True
+                out.append(self._zstd.decompress(data))
+                if not self._zstd.eof:
+                    break
+                data = self._zstd.unused_data
+                self._zstd = zstandard.ZstdDecompressor().decompressobj()
+                self._member_open = False
+        except zstandard.ZstdError as exc:
+            raise DbopsError(f"the zstd stream is corrupt ({exc})") from None
+        return b"".join(out)
+
+    def _finish(self) -> None:
+        if self._member_open:
+            raise DbopsError(
+                f"the {self.compression} stream is truncated: its last frame is incomplete"
+            )
+
+    def read_chunk(self, size: int) -> bytes:
+        """The next decompressed bytes; b'' only at a clean end of the stream."""
+        while True:
+            data = self.raw.read(size)
+            if not data:
+                self._finish()
+                return b""
+            if self.compression == "gzip":
+                out = self._gunzip(data)
+            elif self.compression == "zstd":
+                out = self._unzstd(data)
+            else:
+                out = data
+            if out:
+                return out

@@ -1,0 +1,340 @@
+"""pg_dump -> compressor -> SHA-256 -> storage, streaming, with every stage's status checked.
+
+No temporary file and no whole dump in memory: pg_dump's stdout is read in
+fixed chunks, compressed by a bounded number of in-flight jobs, and handed to a
+writer thread through a bounded queue. If pg_dump, the compressor or the
+upload fails, the object is never completed (an aborted multipart upload, a
+deleted temporary file) and no manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO
+
+import psycopg
+from psycopg import sql
+
+from tasks.backup.compression import compress_stream
+from tasks.backup.manifest import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    ObjectInfo,
+    dump_suffix,
+    new_backup_id,
+    write_manifest,
+)
+from tasks.core.client_tools import ClientTool, find_client_tool
+from tasks.core.errors import DbopsError
+from tasks.core.postgres import ConnInfo, server_version
+from tasks.core.streams import CHUNK_SIZE, StderrTail
+from tasks.storage.destinations import Destination
+
+QUEUE_DEPTH = 4
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class StreamStats:
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    seconds: float = 0.0
+    read_wait_seconds: float = 0.0
+    write_seconds: float = 0.0
+    sha256: str = ""
+
+    def as_stages(self) -> dict[str, float]:
+        mb = 1024 * 1024
+        wall = max(self.seconds, 1e-9)
+        return {
+            "seconds": round(self.seconds, 3),
+            "raw_mb": round(self.raw_bytes / mb, 3),
+            "stored_mb": round(self.stored_bytes / mb, 3),
+            "ratio": round(self.raw_bytes / self.stored_bytes, 3) if self.stored_bytes else 0.0,
+            "dump_mb_per_s": round(self.raw_bytes / mb / wall, 2),
+            "store_mb_per_s": round(self.stored_bytes / mb / wall, 2),
+            "waiting_for_pg_dump_seconds": round(self.read_wait_seconds, 3),
+            "writing_seconds": round(self.write_seconds, 3),
+        }
+
+
+class _Writer(threading.Thread):
+    """Hashes and writes compressed chunks; the upload runs while compression goes on."""
+
+    def __init__(self, sink: IO[bytes], stats: StreamStats) -> None:
+        super().__init__(daemon=True, name="writer")
+        self.sink = sink
+        self.stats = stats
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.error: BaseException | None = None
+        self.hasher = hashlib.sha256()
+
+    def run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is not None:
+                continue  # drain so the producer never blocks forever
+            try:
+                started = time.perf_counter()
+                self.hasher.update(chunk)
+                self.sink.write(chunk)
+                self.stats.write_seconds += time.perf_counter() - started
+                self.stats.stored_bytes += len(chunk)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
+                self.error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+        self.stats.sha256 = self.hasher.hexdigest()
+
+
+def _read_chunks(
+    stream: IO[bytes], stats: StreamStats, progress: ProgressCallback | None
+) -> Iterator[bytes]:
+    while True:
+        started = time.perf_counter()
+        chunk = stream.read(CHUNK_SIZE)
+        stats.read_wait_seconds += time.perf_counter() - started
+        if not chunk:
+            return
+        stats.raw_bytes += len(chunk)
+        if progress:
+            progress(stats.raw_bytes)
+        yield chunk
+
+
+def stream_command_to(
+    command: list[str],
+    env: dict[str, str],
+    destination: Destination,
+    name: str,
+    compression: str,
+    level: int,
+    secret: str | None,
+    progress: ProgressCallback | None = None,
+) -> StreamStats:
+    """Run command and store its stdout, compressed, as one complete object or none at all."""
+    stats = StreamStats()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert process.stdout is not None and process.stderr is not None
+    tail = StderrTail(process.stderr)
+    tool = command[0].rsplit("/", 1)[-1]
+    try:
+        with destination.open_write(name) as sink:
+            writer = _Writer(sink, stats)
+            writer.start()
+            try:
+                chunks = _read_chunks(process.stdout, stats, progress)
+                for piece in compress_stream(chunks, compression, level):
+                    writer.put(piece)
+            finally:
+                writer.finish()
+            code = process.wait()
+            closing = time.perf_counter()
+            if code != 0:
+                reason = tail.last(secret) or (
+                    f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                )
+                raise DbopsError(f"{tool} failed ({reason}); no backup was stored")
+        # Completing the object (the last part, the multipart completion) is writing too.
+        stats.write_seconds += time.perf_counter() - closing
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def table_row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table that pg_dump dumps, in the caller's snapshot."""
+    tables = conn.execute(
+        """
+        SELECT n.nspname, c.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_depend d
+              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    counts = {}
+    for schema, table in tables:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        counts[f"{schema}.{table}"] = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+    return counts
+
+
+@dataclass
+class BackupRequest:
+    conn: ConnInfo
+    destination: Destination
+    format: str = "plain"
+    compression: str = "gzip"
+    level: int = 6
+    labels: list[str] = field(default_factory=list)
+    include_globals: bool = False
+
+
+def _custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
+    if compression == "none":
+        return "--compress=0"
+    if compression == "zstd":
+        if tool.major < 16:
+            raise DbopsError(
+                f"custom format with zstd needs pg_dump 16 or newer (found {tool.version}); "
+                "use --compression gzip"
+            )
+        return f"--compress=zstd:{level}"
+    return f"--compress={level}"
+
+
+def _unused_backup_id(destination: Destination, database: str, suffix: str) -> tuple[str, datetime]:
+    """Two backups in the same second would share a name; wait for the next second."""
+    for _ in range(3):
+        now = datetime.now(UTC)
+        backup_id = new_backup_id(database, now)
+        if not destination.exists(backup_id + MANIFEST_SUFFIX) and not destination.exists(
+            backup_id + suffix
+        ):
+            return backup_id, now
+        time.sleep(1.05 - now.microsecond / 1_000_000)
+    raise DbopsError(f"backup {backup_id} already exists; try again in a second")
+
+
+def run_backup(request: BackupRequest, progress: ProgressCallback | None = None) -> Manifest:
+    """Dump one database consistently and store it as a complete backup (dump + manifest)."""
+    info = request.conn
+    request.destination.check_writable()
+    suffix = dump_suffix(request.format, request.compression)
+    written: list[str] = []
+    with info.connect() as snapshot_conn:
+        major, full_version = server_version(snapshot_conn)
+        pg_dump = find_client_tool("pg_dump", major)
+        snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        backup_id, started_at = _unused_backup_id(request.destination, info.dbname, suffix)
+        command = [pg_dump.path, "--no-password", f"--snapshot={snapshot}"]
+        if request.format == "custom":
+            command += [
+                "--format=custom",
+                _custom_format_compress_option(pg_dump, request.compression, request.level),
+            ]
+            stream_compression = "none"
+        else:
+            command += ["--format=plain"]
+            stream_compression = request.compression
+        counts: dict[str, int] = {}
+        count_error: list[BaseException] = []
+
+        def count_rows() -> None:
+            try:
+                counts.update(table_row_counts(snapshot_conn))
+            except BaseException as exc:  # noqa: BLE001 - reported after the dump
+                count_error.append(exc)
+
+        counter = threading.Thread(target=count_rows, name="row-counts", daemon=True)
+        counter.start()
+        try:
+            globals_info = None
+            if request.include_globals:
+                globals_info = _dump_globals(request, major, backup_id, written)
+            dump_name = backup_id + suffix
+            stats = stream_command_to(
+                command,
+                info.child_env(),
+                request.destination,
+                dump_name,
+                stream_compression,
+                request.level,
+                info.password,
+                progress,
+            )
+            written.append(dump_name)
+            counter.join()
+            if count_error:
+                raise DbopsError(f"counting rows failed: {count_error[0]}")
+            finished_at = datetime.now(UTC)
+            from tasks import __version__
+
+            manifest = Manifest(
+                backup_id=backup_id,
+                database=info.dbname,
+                source=info.redacted(),
+                server_version=full_version,
+                pg_dump_version=pg_dump.version,
+                format=request.format,  # type: ignore[arg-type]
+                compression=request.compression,  # type: ignore[arg-type]
+                compression_level=request.level,
+                dump=ObjectInfo(
+                    name=dump_name,
+                    size=stats.stored_bytes,
+                    sha256=stats.sha256,
+                    raw_size=stats.raw_bytes,
+                ),
+                globals=globals_info,
+                started_at=started_at,
+                finished_at=finished_at,
+                duration_seconds=round((finished_at - started_at).total_seconds(), 3),
+                row_counts=counts,
+                labels=request.labels,
+                stages=stats.as_stages(),
+                dbops_version=__version__,
+            )
+            write_manifest(request.destination, manifest)
+            return manifest
+        except BaseException:
+            counter.join(timeout=30)
+            for name in written:  # objects of a backup that never got its manifest
+                request.destination.delete(name)
+            raise
+        finally:
+            if not snapshot_conn.closed:
+                snapshot_conn.execute("ROLLBACK")
+
+
+def _dump_globals(
+    request: BackupRequest, major: int, backup_id: str, written: list[str]
+) -> ObjectInfo:
+    """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
+    info = request.conn
+    pg_dumpall = find_client_tool("pg_dumpall", major)
+    name = f"{backup_id}.globals.sql.gz"
+    stats = stream_command_to(
+        [pg_dumpall.path, "--no-password", "--globals-only", "-l", info.dbname],
+        info.child_env(),
+        request.destination,
+        name,
+        "gzip",
+        6,
+        info.password,
+    )
+    written.append(name)
+    return ObjectInfo(
+        name=name, size=stats.stored_bytes, sha256=stats.sha256, raw_size=stats.raw_bytes
+    )

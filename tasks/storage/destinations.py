@@ -1,0 +1,307 @@
+"""One storage abstraction over S3 (and S3-compatible stores) and local directories.
+
+Nothing else in dbops knows which one it is talking to. Writes are atomic: a
+local object is written under a temporary name and renamed; an S3 object is a
+multipart upload that is completed on success and aborted on any failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import botocore.exceptions
+import smart_open
+
+from tasks.core.errors import DbopsError, TransientError
+from tasks.core.settings import S3Options
+
+PARTIAL_MARK = ".partial-"
+# 16 MiB parts keep memory small; 10,000 parts allow objects up to ~160 GB.
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    name: str
+    size: int
+    modified: datetime
+
+
+class Destination:
+    """A place that holds backups: open for streaming write/read, list, delete."""
+
+    url: str
+
+    @staticmethod
+    def from_url(url: str, s3: S3Options | None = None) -> Destination:
+        if url.startswith("s3://"):
+            return S3Destination(url, s3 or S3Options())
+        if "://" in url and not url.startswith("file://"):
+            scheme = url.split("://", 1)[0]
+            raise DbopsError(
+                f"backup location scheme {scheme!r} is not supported; "
+                "use s3://bucket/prefix or a local directory"
+            )
+        return LocalDestination(url.removeprefix("file://"))
+
+    def check_writable(self) -> None:
+        raise NotImplementedError
+
+    def open_write(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def open_read(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def list(self) -> list[StoredObject]:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        return any(obj.name == name for obj in self.list())
+
+    def url_for(self, name: str) -> str:
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open_read(name) as stream:
+            return stream.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.open_write(name) as stream:
+            stream.write(data)
+
+
+class LocalDestination(Destination):
+    def __init__(self, path: str) -> None:
+        self.root = Path(path).expanduser()
+        self.url = str(self.root.resolve())
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DbopsError(
+                f"cannot create backup directory {self.url}: {exc.strerror}; "
+                "choose a writable --to directory"
+            ) from None
+        probe = self.root / f"{PARTIAL_MARK}probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise DbopsError(
+                f"cannot write to backup directory {self.url}: {exc.strerror}; "
+                "fix its permissions or choose another --to directory"
+            ) from None
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[IO[bytes]]:
+        final = self._path(name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f".{final.name}{PARTIAL_MARK}{uuid.uuid4().hex}")
+        stream = open(temp, "wb")  # noqa: SIM115 - closed below on every path
+        try:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+            stream.close()
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            stream.close()
+            temp.unlink(missing_ok=True)
+            raise
+
+    def open_read(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        try:
+            return open(path, "rb")  # noqa: SIM115 - caller closes
+        except FileNotFoundError:
+            raise DbopsError(f"{path} does not exist; `dbops list` shows the backups") from None
+
+    def list(self) -> list[StoredObject]:
+        if not self.root.is_dir():
+            return []
+        objects = []
+        for path in self.root.iterdir():
+            if not path.is_file() or PARTIAL_MARK in path.name:
+                continue
+            stat = path.stat()
+            objects.append(
+                StoredObject(path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+            )
+        return objects
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def url_for(self, name: str) -> str:
+        return str(self._path(name).resolve())
+
+    def _path(self, name: str) -> Path:
+        if "/" in name or name in ("", ".", ".."):
+            raise DbopsError(f"invalid object name {name!r}")
+        return self.root / name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class S3Destination(Destination):
+    def __init__(self, url: str, options: S3Options) -> None:
+        rest = url[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise DbopsError(f"{url!r} names no bucket; use s3://bucket/prefix")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.options = options
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def url_for(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key(name)}"
+
+    def check_writable(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+
+    def _write_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.options.sse:
+            args["ServerSideEncryption"] = self.options.sse
+        if self.options.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        if self.options.storage_class:
+            args["StorageClass"] = self.options.storage_class
+        if self.options.tags:
+            from urllib.parse import urlencode
+
+            args["Tagging"] = urlencode(self.options.tags)
+        return args
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[IO[bytes]]:
+        params = {
+            "client": self.client,
+            "min_part_size": DEFAULT_PART_SIZE,
+            "client_kwargs": {"S3.Client.create_multipart_upload": self._write_args()},
+        }
+        try:
+            stream = smart_open.open(
+                self.url_for(name), "wb", compression="disable", transport_params=params
+            )
+        except botocore.exceptions.ClientError as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+        # Completed only by a clean close; any failure, including one inside close()
+        # while the last part uploads, aborts the multipart upload.
+        try:
+            yield stream
+            stream.close()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                stream.terminate()
+            if isinstance(exc, botocore.exceptions.ClientError):
+                raise _explain_s3_error(exc, self.bucket) from None
+            raise
+
+    def open_read(self, name: str) -> IO[bytes]:
+        try:
+            return smart_open.open(
+                self.url_for(name),
+                "rb",
+                compression="disable",
+                transport_params={"client": self.client},
+            )
+        except (OSError, botocore.exceptions.ClientError) as exc:
+            if "NoSuchKey" in str(exc) or "404" in str(exc):
+                raise DbopsError(
+                    f"{self.url_for(name)} does not exist; `dbops list` shows the backups"
+                ) from None
+            raise _explain_s3_error(exc, self.bucket) from None
+
+    def list(self) -> list[StoredObject]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        objects = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            ):
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(prefix) :]
+                    objects.append(StoredObject(name, item["Size"], item["LastModified"]))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+        return objects
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _explain_s3_error(exc, self.bucket) from None
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    def incomplete_uploads(self) -> list[dict[str, Any]]:
+        """Multipart uploads under the prefix that were never completed or aborted."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        uploads: list[dict[str, Any]] = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            uploads.extend(page.get("Uploads", []))
+        return uploads
+
+
+def _explain_s3_error(exc: Exception, bucket: str) -> DbopsError:
+    code = ""
+    status = 0
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in ("NoSuchBucket", "404") or (status == 404 and not code):
+        return DbopsError(
+            f"S3 bucket {bucket!r} does not exist; create it or fix BACKUP_URL / --to"
+        )
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return DbopsError(
+            f"access to S3 bucket {bucket!r} denied ({code}); check the AWS credentials "
+            "and the bucket policy"
+        )
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return DbopsError(
+            "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError) or status >= 500:
+        return TransientError(f"S3 unreachable for bucket {bucket!r}: {exc}")
+    return DbopsError(f"S3 error on bucket {bucket!r}: {code or type(exc).__name__}: {exc}")
