@@ -55,10 +55,13 @@ from tasks.backup.compression import DecompressingReader  # noqa: E402
 from tasks.backup.manifest import MANIFEST_SUFFIX, read_manifest  # noqa: E402
 from tasks.core.client_tools import ClientTool, find_client_tool  # noqa: E402
 from tasks.core.postgres import ConnInfo, server_version  # noqa: E402
-from tasks.core.settings import S3Options  # noqa: E402
 from tasks.demo.embedded import LocalCluster, free_port  # noqa: E402
 from tasks.demo.sample_data import BYTES_PER_MESSAGE, create_sample_database  # noqa: E402
-from tasks.storage.destinations import Destination, S3Destination  # noqa: E402
+from tasks.storage.destinations import (  # noqa: E402
+    Destination,
+    S3Destination,
+    S3Options,  # noqa: E402
+)
 
 MB = 1024 * 1024
 BUCKET = "dbops-bench"

@@ -4,67 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from pydantic import Field
 
-from flows.parameters import DatabaseUrl, documented
 from tasks.backup.compression import check_level
-from tasks.backup.manifest import Manifest
-from tasks.backup.pipeline import BackupRequest, run_backup
-from tasks.backup.report import publish_backup_report
-from tasks.core.artifacts import ProgressReporter
-from tasks.core.errors import DbopsError, retry_transient
-from tasks.core.postgres import ConnInfo
-from tasks.core.settings import S3Options, Settings, reject_inline_password
-from tasks.core.slots import database_slot
-from tasks.storage.destinations import Destination
-
-
-@task(name="dump-database", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
-def dump_database(
-    database_url: str | None,
-    backup_url: str | None,
-    s3: S3Options | None,
-    format: str,
-    compression: str,
-    level: int,
-    labels: list[str],
-    include_globals: bool,
-    slot_wait_seconds: float = 3600,
-) -> Manifest:
-    logger = get_run_logger()
-    # Resolved here, not in the flow, so the password never passes through Prefect.
-    settings = Settings.load(database_url, backup_url, s3)
-    info = ConnInfo.parse(settings.require_database_url())
-    destination = Destination.from_url(settings.backup_url, settings.s3)
-    logger.info("Backing up %s to %s", info.redacted(), destination.url)
-    destination.check_writable()  # a missing bucket is reported before the server is touched
-    with info.connect() as conn:
-        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
-    progress = ProgressReporter(size, f"Dumping {info.dbname}")
-    with database_slot(info, slot_wait_seconds):  # never beside maintenance of this database
-        manifest = run_backup(
-            BackupRequest(
-                conn=info,
-                destination=destination,
-                format=format,
-                compression=compression,
-                level=level,
-                labels=labels,
-                include_globals=include_globals,
-            ),
-            progress=progress,
-        )
-    progress.done()
-    publish_backup_report(manifest, destination.url_for(manifest.dump.name))
-    logger.info(
-        "Stored %s (%d bytes, sha256 %s)",
-        destination.url_for(manifest.dump.name),
-        manifest.dump.size,
-        manifest.dump.sha256,
-    )
-    return manifest
+from tasks.backup.tasks import dump_database
+from tasks.core.errors import DbopsError
+from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.settings import reject_inline_password
+from tasks.storage.destinations import S3Options
 
 
 @flow(name="backup-database")

@@ -11,13 +11,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import documented
 from tasks.backup.manifest import list_manifests
 from tasks.core.errors import DbopsError, retry_transient
-from tasks.core.settings import S3Options, Settings
+from tasks.core.parameters import documented
+from tasks.core.settings import Settings
 from tasks.retention.freshness import assess_freshness, check_limits
 from tasks.retention.policy import BackupInfo
-from tasks.storage.destinations import Destination
+from tasks.storage.destinations import S3Options
 
 
 @task(name="list-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -26,7 +26,7 @@ def list_backups(
 ) -> tuple[list[BackupInfo], str]:
     """Complete backups (with their verification sidecars) under the destination."""
     settings = Settings.load(None, backup_url, s3)
-    destination = Destination.from_url(settings.backup_url, settings.s3)
+    destination = settings.destination()
     manifests = list_manifests(destination, database)
     return [BackupInfo.from_manifest(m) for m in manifests], destination.url
 

@@ -13,10 +13,10 @@ from psycopg import sql
 from pydantic import Field
 
 from flows.backup import backup_database
-from flows.parameters import documented
 from flows.restore import restore_database
 from tasks.backup.pipeline import table_row_counts
 from tasks.core.errors import DbopsError
+from tasks.core.parameters import documented
 from tasks.core.postgres import ConnInfo
 from tasks.demo.embedded import LocalCluster
 from tasks.demo.sample_data import create_sample_database

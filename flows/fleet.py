@@ -19,9 +19,9 @@ from prefect.variables import Variable
 from pydantic import Field
 
 from flows.backup import backup_database
-from flows.parameters import documented
 from tasks.core.artifacts import publish_table
 from tasks.core.errors import DbopsError
+from tasks.core.parameters import documented
 from tasks.core.settings import reject_inline_password
 
 

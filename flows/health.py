@@ -17,11 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from flows.parameters import DatabaseUrl, documented
 from tasks.core.artifacts import artifact_key, publish_table
 from tasks.core.errors import retry_transient
 from tasks.core.notify import FAILURE_HOOKS
-from tasks.core.postgres import ConnInfo
+from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import Settings, reject_inline_password
 from tasks.health.checks import (
     CHECKS,
@@ -59,7 +58,7 @@ def health_checks(
     connection_limit: int | None,
     top_n: int,
 ) -> tuple[str, list[dict[str, Any]]]:
-    info = ConnInfo.parse(Settings.load(database_url).require_database_url())
+    info = Settings.load(database_url).connection()
     pool = PoolSettings.from_conninfo(info, connection_limit, app_instances)
     get_run_logger().info("Checking %s", info.redacted())
     results = run_checks(info, thresholds, pool, checks, top_n)

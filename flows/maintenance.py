@@ -15,10 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.parameters import DatabaseUrl, documented
 from tasks.core.artifacts import publish_table
 from tasks.core.errors import retry_transient
 from tasks.core.notify import FAILURE_HOOKS
+from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import Settings, reject_inline_password
 from tasks.core.slots import database_slot
@@ -59,7 +59,7 @@ FULL_WARNING = (
 
 def _info(database_url: str | None) -> ConnInfo:
     # Resolved inside tasks only, so the password never passes through Prefect.
-    return ConnInfo.parse(Settings.load(database_url).require_database_url())
+    return Settings.load(database_url).connection()
 
 
 @task(name="plan-table-maintenance", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

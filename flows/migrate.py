@@ -29,7 +29,7 @@ from tasks.backup.pipeline import BackupRequest, run_backup
 from tasks.core.artifacts import artifact_key
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo
-from tasks.core.settings import S3Options, Settings, reject_inline_password
+from tasks.core.settings import Settings, reject_inline_password
 from tasks.migrations.checks import (
     CheckResult,
     SchemaBaseline,
@@ -56,7 +56,7 @@ from tasks.migrations.runner import (
     run_command,
 )
 from tasks.restore.restore import run_restore
-from tasks.storage.destinations import Destination
+from tasks.storage.destinations import S3Options
 
 
 def _target(database_url: str | None) -> tuple[str, ConnInfo]:
@@ -127,8 +127,8 @@ def pre_migration_backup(
     """Back up through the backup pipeline, then read the backup back: no backup, no migration."""
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
-    info = ConnInfo.parse(settings.require_database_url())
-    destination = Destination.from_url(settings.backup_url, settings.s3)
+    info = settings.connection()
+    destination = settings.destination()
     logger.info("Pre-migration backup of %s to %s", info.redacted(), destination.url)
     manifest = run_backup(
         BackupRequest(
@@ -173,7 +173,7 @@ def restore_pre_migration_backup(txn: Transaction) -> None:
         settings = Settings.load(
             stash["database_url"], stash["backup_url"], S3Options(**stash["s3"])
         )
-        target = ConnInfo.parse(settings.require_database_url())
+        target = settings.connection()
         source = resolve_source(stash["backup_id"], settings.backup_url, settings.s3)
         result = run_restore(source, target, clean=True)
     except Exception as exc:  # noqa: BLE001 - reported loudly by the flow

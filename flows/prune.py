@@ -17,10 +17,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import documented
 from tasks.core.artifacts import artifact_key
 from tasks.core.errors import DbopsError, retry_transient
-from tasks.core.settings import S3Options, Settings
+from tasks.core.parameters import documented
+from tasks.core.settings import Settings
 from tasks.retention.policy import (
     BackupInfo,
     Inventory,
@@ -33,12 +33,12 @@ from tasks.retention.policy import (
     stale_partial_writes,
     take_inventory,
 )
-from tasks.storage.destinations import Destination
+from tasks.storage.destinations import Destination, S3Options
 
 
 def _destination(backup_url: str | None, s3: S3Options | None) -> Destination:
     settings = Settings.load(None, backup_url, s3)
-    return Destination.from_url(settings.backup_url, settings.s3)
+    return settings.destination()
 
 
 @task(name="scan-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

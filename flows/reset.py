@@ -15,7 +15,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tasks.core.postgres import ConnInfo
 from tasks.core.settings import Settings, reject_inline_password
 from tasks.migrations.reset import check_confirmation, non_production_reason, reset_database
 from tasks.migrations.runner import RunOptions, apply_migration, discover_migrations
@@ -26,7 +25,7 @@ def drop_and_recreate(
     database_url: str | None, confirm: str | None, migrations: str | None
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    info = ConnInfo.parse(Settings.load(database_url).require_database_url())
+    info = Settings.load(database_url).connection()
     reason = non_production_reason(info.dbname)
     check_confirmation(info.dbname, confirm)
     found = discover_migrations(migrations) if migrations else []  # checked before the drop

@@ -9,13 +9,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import documented
 from tasks.backup.catalog import resolve_source
 from tasks.core.artifacts import publish_table
 from tasks.core.errors import retry_transient
-from tasks.core.postgres import ConnInfo
-from tasks.core.settings import S3Options, Settings, reject_inline_password
+from tasks.core.parameters import documented
+from tasks.core.settings import Settings, reject_inline_password
 from tasks.restore.restore import RestoreResult, run_restore
+from tasks.storage.destinations import S3Options
 
 
 @task(name="restore-backup", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -29,7 +29,7 @@ def restore_backup(
 ) -> RestoreResult:
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
-    target = ConnInfo.parse(settings.require_database_url())
+    target = settings.connection()
     backup = resolve_source(
         source, settings.backup_url, settings.s3, from_database or target.dbname
     )

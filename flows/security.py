@@ -14,10 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from flows.parameters import DatabaseUrl, documented
 from tasks.core.artifacts import publish_table
 from tasks.core.errors import DbopsError, retry_transient
 from tasks.core.notify import FAILURE_HOOKS
+from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import Settings, reject_inline_password
 from tasks.security.roles import (
@@ -42,7 +42,7 @@ StoredAs = Annotated[
 
 
 def _info(database_url: str | None) -> ConnInfo:
-    return ConnInfo.parse(Settings.load(database_url).require_database_url())
+    return Settings.load(database_url).connection()
 
 
 @task(name="create-readonly-role", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)

@@ -7,7 +7,6 @@ backup (`<backup_id>.verified.json`) for retention and `dbops list`.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
@@ -15,30 +14,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.parameters import DatabaseUrl, documented
 from tasks.backup.catalog import resolve_source
 from tasks.core.artifacts import artifact_key
 from tasks.core.errors import DbopsError, retry_transient
-from tasks.core.postgres import ConnInfo
-from tasks.core.settings import S3Options, Settings, reject_inline_password, resolve_secret
+from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.settings import Settings, reject_inline_password
 from tasks.restore.restore_test import (
     VerificationRecord,
     verification_markdown,
     verify_restore,
     write_verification,
 )
-from tasks.storage.destinations import Destination
-
-
-def scratch_server(verify_database_url: str | None, settings: Settings) -> ConnInfo:
-    """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""
-    url = resolve_secret(verify_database_url or os.environ.get("VERIFY_DATABASE_URL") or None)
-    if not url and not settings.database_url:
-        raise DbopsError(
-            "no server for the scratch database; set VERIFY_DATABASE_URL (or DATABASE_URL) "
-            "to a server where dbops may CREATE and DROP a database"
-        )
-    return ConnInfo.parse(url or settings.database_url or "")
+from tasks.storage.destinations import S3Options
 
 
 @task(name="restore-test", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -53,11 +40,11 @@ def restore_test(
 ) -> tuple[VerificationRecord, str]:
     """Restore into a scratch database and check; returns the record and the backup's place."""
     logger = get_run_logger()
-    settings = Settings.load(database_url, backup_url, s3)
-    server = scratch_server(verify_database_url, settings)
+    settings = Settings.load(database_url, backup_url, s3, verify_database_url)
+    server = settings.scratch_server()
     whose = database
     if whose is None and settings.database_url:
-        whose = ConnInfo.parse(settings.database_url).dbname
+        whose = settings.connection().dbname
     backup = resolve_source(source, settings.backup_url, settings.s3, whose)
     logger.info("Verifying %s in a scratch database on %s", backup.url, server.redacted())
     record = verify_restore(backup, server, smoke_queries)
@@ -68,7 +55,7 @@ def restore_test(
 @task(name="record-verification", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def record_verification(record: VerificationRecord, location: str, s3: S3Options | None) -> str:
     settings = Settings.load(None, location, s3)
-    return write_verification(Destination.from_url(settings.backup_url, settings.s3), record)
+    return write_verification(settings.destination(), record)
 
 
 @flow(name="verify-backup")

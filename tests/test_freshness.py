@@ -9,7 +9,7 @@ import pytest
 
 from flows.check import backup_freshness
 from tasks.core.errors import DbopsError
-from tasks.core.settings import S3Options
+from tasks.core.settings import s3_options_from_env
 from tasks.retention.freshness import assess_freshness
 from tasks.retention.policy import BackupInfo
 from tasks.storage.destinations import Destination
@@ -77,7 +77,7 @@ def test_freshness_flow_passes_then_fails_when_verification_stops(prefect, tmp_p
         url = str(tmp_path / "backups")
     else:
         url = f"s3://{request.getfixturevalue('bucket')}/prod"
-    destination = Destination.from_url(url, S3Options.from_env())
+    destination = Destination.from_url(url, s3_options_from_env())
     make_backup(destination, "ai_saas", now() - timedelta(hours=3), verified=None)
     verified = make_backup(destination, "ai_saas", now() - timedelta(days=2), verified=True)
 

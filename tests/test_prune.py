@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.prune import prune_backups
 from tasks.backup.manifest import VERIFIED_SUFFIX, list_manifests, write_manifest
-from tasks.core.settings import S3Options
+from tasks.core.settings import s3_options_from_env
 from tasks.retention.policy import (
     PRE_MIGRATION,
     BackupInfo,
@@ -34,7 +34,7 @@ def store(request, tmp_path) -> tuple[str, Destination]:
         url = str(tmp_path / "backups")
     else:
         url = f"s3://{request.getfixturevalue('bucket')}/backups"
-    return url, Destination.from_url(url, S3Options.from_env())
+    return url, Destination.from_url(url, s3_options_from_env())
 
 
 def now() -> datetime:
@@ -185,7 +185,7 @@ def test_bad_policy_fails_in_one_line_and_deletes_nothing(prefect, tmp_path, par
 
 def test_stale_incomplete_uploads_are_aborted_only_under_the_prefix(prefect, bucket, s3_client):
     url = f"s3://{bucket}/backups"
-    destination = Destination.from_url(url, S3Options.from_env())
+    destination = Destination.from_url(url, s3_options_from_env())
     daily_backups(destination, 2)
     ours = s3_client.create_multipart_upload(Bucket=bucket, Key="backups/ai_saas_x.sql.gz")
     s3_client.upload_part(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.errors import DbopsError
-from tasks.core.settings import S3Options
+from tasks.core.settings import s3_options_from_env
 from tasks.storage.destinations import Destination
 
 
@@ -28,7 +28,7 @@ def test_local_write_is_atomic(tmp_path):
 
 
 def test_s3_write_list_read_delete(bucket, s3_client):
-    dest = Destination.from_url(f"s3://{bucket}/a/b", S3Options.from_env())
+    dest = Destination.from_url(f"s3://{bucket}/a/b", s3_options_from_env())
     dest.check_writable()
     dest.write_bytes("one.sql.gz", b"1" * 10)
     s3_client.put_object(Bucket=bucket, Key="a/b/nested/ignored", Body=b"x")
@@ -40,7 +40,7 @@ def test_s3_write_list_read_delete(bucket, s3_client):
 
 
 def test_s3_failure_mid_write_aborts_the_upload(bucket, s3_client):
-    dest = Destination.from_url(f"s3://{bucket}", S3Options.from_env())
+    dest = Destination.from_url(f"s3://{bucket}", s3_options_from_env())
     with pytest.raises(Boom), dest.open_write("partial.sql.gz") as stream:
         stream.write(b"x" * (17 * 1024 * 1024))  # one part already uploaded
         assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
@@ -51,7 +51,7 @@ def test_s3_failure_mid_write_aborts_the_upload(bucket, s3_client):
 
 def test_missing_bucket_and_bad_scheme(s3_server):
     with pytest.raises(DbopsError, match="does not exist"):
-        Destination.from_url("s3://no-such-bucket-here/x", S3Options.from_env()).check_writable()
+        Destination.from_url("s3://no-such-bucket-here/x", s3_options_from_env()).check_writable()
     with pytest.raises(DbopsError, match="not supported"):
         Destination.from_url("gs://bucket/x")
     with pytest.raises(DbopsError, match="names no bucket"):

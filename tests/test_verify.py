@@ -14,7 +14,7 @@ from flows.verify import verify_backup
 from tasks.backup.manifest import VERIFIED_SUFFIX, Manifest, list_manifests, write_manifest
 from tasks.backup.pipeline import BackupRequest, run_backup
 from tasks.core.postgres import ConnInfo
-from tasks.core.settings import S3Options
+from tasks.core.settings import s3_options_from_env
 from tasks.demo.embedded import free_port
 from tasks.demo.sample_data import create_sample_database
 from tasks.restore.restore_test import VerificationRecord
@@ -36,7 +36,7 @@ def original(pg, tmp_path_factory) -> tuple[str, Manifest, Destination]:
 
 def copy_backup(original, url: str) -> Destination:
     _, manifest, source = original
-    target = Destination.from_url(url, S3Options.from_env())
+    target = Destination.from_url(url, s3_options_from_env())
     assert manifest.globals is not None
     for name in (manifest.dump.name, manifest.globals.name, manifest.manifest_name):
         target.write_bytes(name, source.read_bytes(name))

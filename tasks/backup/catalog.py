@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests, read_manifest
 from tasks.core.errors import DbopsError
-from tasks.core.settings import S3Options
-from tasks.storage.destinations import Destination
+from tasks.storage.destinations import Destination, S3Options
 
 FOREIGN_SUFFIXES = {
     ".sql.gz": ("plain", "gzip"),

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from tasks.core.errors import DbopsError
+from tasks.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ def candidate_bin_dirs() -> list[Path]:
     without OpenSSL and so cannot reach servers that require TLS.
     """
     dirs: list[Path] = []
-    if os.environ.get("PG_BIN_DIR"):
-        dirs.append(Path(os.environ["PG_BIN_DIR"]))
+    preferred = Settings.from_env().pg_bin_dir
+    if preferred:
+        dirs.append(Path(preferred))
     dirs.extend(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
     versioned = glob.glob("/usr/lib/postgresql/*/bin")
     versioned.sort(key=lambda p: int(re.sub(r"\D", "", Path(p).parent.name) or 0), reverse=True)

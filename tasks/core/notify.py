@@ -11,7 +11,6 @@ must not hide the failure it reports.
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -61,7 +60,9 @@ def failure_text(flow_name: str, run_name: str, state_name: str, message: str, l
 
 
 def _run_link(flow_run: Any) -> str:
-    ui = os.environ.get("PREFECT_UI_URL", "")
+    from tasks.core.settings import Settings
+
+    ui = Settings.from_env().ui_url or ""
     if not ui:
         from prefect.settings import PREFECT_UI_URL
 
@@ -73,13 +74,14 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect on_failure / on_crashed hook."""
     from prefect.logging import get_logger
 
-    from tasks.core.settings import resolve_secret
+    from tasks.core.settings import Settings, resolve_secret
 
     logger = get_logger("dbops.notify")
-    if not selected(flow.name, os.environ.get(FLOWS_ENV)):
+    settings = Settings.from_env()
+    if not selected(flow.name, settings.notify_flows):
         return
     try:
-        url = resolve_secret(os.environ.get(WEBHOOK_ENV) or None)
+        url = resolve_secret(settings.webhook_url)
         if not url:
             return
         text = failure_text(

@@ -1,44 +1,133 @@
-"""One settings object: environment first, command-line flags and flow parameters override it."""
+"""The one settings object: every environment variable dbops reads, and what they give access to.
+
+Environment first; command-line flags and flow parameters override it (None
+means "not given"). Tasks load settings themselves, so a password in
+DATABASE_URL or a Secret block never passes through Prefect parameters.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from tasks.core.errors import DbopsError
+from tasks.core.errors import ConfigError, NotFoundError, ParameterError
+from tasks.storage.destinations import Destination, S3Options
+
+if TYPE_CHECKING:
+    from tasks.core.postgres import ConnInfo
 
 SECRET_PREFIX = "secret://"
+DEFAULT_BACKUP_URL = "./backups"
 
 
-class S3Options(BaseModel):
-    """What pgBackRest/WAL-G users expect to set for an S3 or S3-compatible store."""
+class Settings(BaseModel):
+    """Where the database is, where backups go, and the knobs around them."""
 
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, R2, ...)")
-    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
-    sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
-    storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
-    tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
+    database_url: str | None = Field(None, description="DATABASE_URL: the libpq URI")
+    backup_url: str = Field(DEFAULT_BACKUP_URL, description="BACKUP_URL: s3://... or a directory")
+    verify_database_url: str | None = Field(
+        None, description="VERIFY_DATABASE_URL: server for scratch databases"
+    )
+    s3: S3Options = Field(default_factory=S3Options, description="AWS_ENDPOINT_URL_S3, DBOPS_S3_*")
+    pg_bin_dir: str | None = Field(None, description="PG_BIN_DIR: client tools to prefer")
+    environment: str | None = Field(None, description="DBOPS_ENVIRONMENT: development, production")
+    webhook_url: str | None = Field(None, description="DBOPS_WEBHOOK_URL: failure notifications")
+    notify_flows: str | None = Field(None, description="DBOPS_NOTIFY_FLOWS: flows to notify about")
+    ui_url: str | None = Field(None, description="PREFECT_UI_URL: links in notifications")
+    aws_region: str | None = Field(None, description="AWS_DEFAULT_REGION")
+    secretsmanager_endpoint_url: str | None = Field(
+        None, description="AWS_ENDPOINT_URL_SECRETSMANAGER"
+    )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> S3Options:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Exactly what the environment says, secrets unresolved."""
         env = os.environ if env is None else env
-        sse = env.get("DBOPS_S3_SSE") or None
-        if sse not in (None, "AES256", "aws:kms"):
-            raise DbopsError(f"DBOPS_S3_SSE={sse!r} is not valid; use AES256 or aws:kms")
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
         return cls(
-            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-            sse=sse,
-            sse_kms_key_id=env.get("DBOPS_S3_KMS_KEY_ID") or None,
-            storage_class=env.get("DBOPS_S3_STORAGE_CLASS") or None,
-            tags=parse_tags(env.get("DBOPS_S3_TAGS", "")),
+            database_url=get("DATABASE_URL"),
+            backup_url=get("BACKUP_URL") or DEFAULT_BACKUP_URL,
+            verify_database_url=get("VERIFY_DATABASE_URL"),
+            s3=s3_options_from_env(env),
+            pg_bin_dir=get("PG_BIN_DIR"),
+            environment=get("DBOPS_ENVIRONMENT"),
+            webhook_url=get("DBOPS_WEBHOOK_URL"),
+            notify_flows=get("DBOPS_NOTIFY_FLOWS"),
+            ui_url=get("PREFECT_UI_URL"),
+            aws_region=get("AWS_DEFAULT_REGION"),
+            secretsmanager_endpoint_url=get("AWS_ENDPOINT_URL_SECRETSMANAGER"),
         )
 
-    def merged(self, **overrides: object) -> S3Options:
-        """Flags override the environment; None means 'not given'."""
-        given = {k: v for k, v in overrides.items() if v not in (None, {}, "")}
-        return self.model_copy(update=given)
+    @classmethod
+    def load(
+        cls,
+        database_url: str | None = None,
+        backup_url: str | None = None,
+        s3: S3Options | None = None,
+        verify_database_url: str | None = None,
+    ) -> Settings:
+        """The environment overridden by arguments, with `secret://BLOCK` URLs resolved."""
+        env = cls.from_env()
+        return env.model_copy(
+            update={
+                "database_url": resolve_secret(database_url or env.database_url),
+                "backup_url": resolve_secret(backup_url or env.backup_url) or DEFAULT_BACKUP_URL,
+                "verify_database_url": resolve_secret(
+                    verify_database_url or env.verify_database_url
+                ),
+                "s3": s3 or env.s3,
+            }
+        )
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "no database given; set DATABASE_URL or pass --database-url "
+                "postgresql://user@host:5432/dbname"
+            )
+        return self.database_url
+
+    def connection(self) -> ConnInfo:
+        """The target database, parsed; its password stays inside."""
+        from tasks.core.postgres import ConnInfo
+
+        return ConnInfo.parse(self.require_database_url())
+
+    def destination(self) -> Destination:
+        """Where backups are: S3 or a local directory."""
+        return Destination.from_url(self.backup_url, self.s3)
+
+    def scratch_server(self) -> ConnInfo:
+        """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""
+        from tasks.core.postgres import ConnInfo
+
+        url = self.verify_database_url or self.database_url
+        if not url:
+            raise ConfigError(
+                "no server for the scratch database; set VERIFY_DATABASE_URL (or DATABASE_URL) "
+                "to a server where dbops may CREATE and DROP a database"
+            )
+        return ConnInfo.parse(url)
+
+
+def s3_options_from_env(env: Mapping[str, str] | None = None) -> S3Options:
+    env = os.environ if env is None else env
+    sse = env.get("DBOPS_S3_SSE") or None
+    if sse not in (None, "AES256", "aws:kms"):
+        raise ConfigError(f"DBOPS_S3_SSE={sse!r} is not valid; use AES256 or aws:kms")
+    return S3Options(
+        endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        sse=sse,  # type: ignore[arg-type]
+        sse_kms_key_id=env.get("DBOPS_S3_KMS_KEY_ID") or None,
+        storage_class=env.get("DBOPS_S3_STORAGE_CLASS") or None,
+        tags=parse_tags(env.get("DBOPS_S3_TAGS", "")),
+    )
 
 
 def parse_tags(text: str) -> dict[str, str]:
@@ -47,39 +136,9 @@ def parse_tags(text: str) -> dict[str, str]:
     for pair in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise DbopsError(f"tag {pair!r} is not KEY=VALUE; write tags as k=v,k2=v2")
+            raise ConfigError(f"tag {pair!r} is not KEY=VALUE; write tags as k=v,k2=v2")
         tags[key.strip()] = value.strip()
     return tags
-
-
-class Settings(BaseModel):
-    """Where the database is and where backups go."""
-
-    database_url: str | None = None
-    backup_url: str = "./backups"
-    s3: S3Options = Field(default_factory=S3Options)
-
-    @classmethod
-    def load(
-        cls,
-        database_url: str | None = None,
-        backup_url: str | None = None,
-        s3: S3Options | None = None,
-    ) -> Settings:
-        """Environment (DATABASE_URL, BACKUP_URL, AWS_*, DBOPS_S3_*) overridden by arguments."""
-        return cls(
-            database_url=resolve_secret(database_url or os.environ.get("DATABASE_URL") or None),
-            backup_url=resolve_secret(backup_url or os.environ.get("BACKUP_URL") or "./backups"),
-            s3=s3 or S3Options.from_env(),
-        )
-
-    def require_database_url(self) -> str:
-        if not self.database_url:
-            raise DbopsError(
-                "no database given; set DATABASE_URL or pass --database-url "
-                "postgresql://user@host:5432/dbname"
-            )
-        return self.database_url
 
 
 def resolve_secret(value: str | None) -> str | None:
@@ -96,7 +155,7 @@ def resolve_secret(value: str | None) -> str | None:
     try:
         return str(Secret.load(name).get())
     except ValueError as exc:
-        raise DbopsError(
+        raise NotFoundError(
             f"Prefect Secret block {name!r} not found; create it with "
             f"Secret(value=...).save({name!r}) or in the UI under Blocks"
         ) from exc
@@ -109,7 +168,8 @@ def reject_inline_password(url: str | None, parameter: str) -> None:
     from tasks.core.postgres import ConnInfo
 
     if ConnInfo.parse(url).password:
-        raise DbopsError(
-            f"the {parameter} parameter contains a password, which Prefect would store with the "
-            "run; put the URL in DATABASE_URL or a Secret block and pass secret://BLOCK_NAME"
+        raise ParameterError(
+            parameter,
+            "contains a password, which Prefect would store with the run; put the URL in "
+            "DATABASE_URL or a Secret block and pass secret://BLOCK_NAME",
         )

@@ -143,5 +143,5 @@ def migration_lock_for(
     DATABASE_URL), resolved here so the password never passes through the flow."""
     from tasks.core.settings import Settings
 
-    info = ConnInfo.parse(Settings.load(database_url).require_database_url())
+    info = Settings.load(database_url).connection()
     return migration_lock(info, wait_seconds, owner=owner, log=log)

@@ -9,7 +9,6 @@ database's name.
 
 from __future__ import annotations
 
-import os
 import re
 
 import psycopg
@@ -17,6 +16,7 @@ from psycopg import sql
 
 from tasks.core.errors import DbopsError, first_line
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn
+from tasks.core.settings import Settings
 
 NON_PRODUCTION_ENVIRONMENTS = {"development", "dev", "test", "testing", "local", "ci"}
 NON_PRODUCTION_NAME = re.compile(r".+_(dev|test|local)$", re.IGNORECASE)
@@ -25,7 +25,7 @@ SYSTEM_DATABASES = {"postgres", "template0", "template1"}
 
 def non_production_reason(dbname: str, environment: str | None = None) -> str:
     """Why this database may be reset, or DbopsError saying why not and how to mark it."""
-    env = os.environ.get("DBOPS_ENVIRONMENT", "") if environment is None else environment
+    env = (Settings.from_env().environment or "") if environment is None else environment
     env = env.strip().lower()
     if dbname in SYSTEM_DATABASES:
         raise DbopsError(f"refusing to reset the system database {dbname!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from pydantic import BaseModel, Field
 from tasks.core.artifacts import artifact_key
 from tasks.core.errors import DbopsError, TransientError, first_line
 from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings
 from tasks.health.checks import blocking_pairs, redact_sql
 
 SecretFormat = Literal["url", "password"]
@@ -152,9 +152,9 @@ class AwsSecretTarget(BaseModel):
             config=Config(
                 connect_timeout=10, read_timeout=30, retries={"mode": "standard", "max_attempts": 3}
             ),
-            region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            region_name=self.region or Settings.from_env().aws_region or "us-east-1",
             endpoint_url=self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_SECRETSMANAGER")
+            or Settings.from_env().secretsmanager_endpoint_url
             or None,
         )
 

@@ -1,0 +1,96 @@
+"""What every `dbops` command shares: the Typer app, common options, running a flow, output.
+
+Human output and progress go to stderr; `--json` prints one JSON document on
+stdout. The exit code is 0 only when the flow run Completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from tasks.core.errors import DbopsError
+
+# Without PREFECT_API_URL, Prefect starts a temporary server in this process; its first
+# start migrates a fresh database, which can take longer than Prefect's default wait.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+app = typer.Typer(
+    name="dbops",
+    help="PostgreSQL backups, restores, migrations and maintenance as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="libpq URI; default $DATABASE_URL", show_default=False),
+]
+BackupUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--to", help="s3://bucket/prefix or a directory; default $BACKUP_URL or ./backups"
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+Retries = Annotated[int, typer.Option(min=0, max=10, help="retries of transient errors")]
+
+
+def say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def fail(message: str) -> None:
+    say(f"error: {message}")
+    raise typer.Exit(1)
+
+
+def use_database_url(url: str | None) -> None:
+    """A URL given on the command line travels in the environment, never as a flow parameter
+    (Prefect stores parameters with the run)."""
+    if url:
+        os.environ["DATABASE_URL"] = url
+
+
+def run_flow(flow_fn: Any, **parameters: Any) -> Any:
+    """Run a flow; on failure print its one-line error and exit 1."""
+    try:
+        state = flow_fn(**parameters, return_state=True)
+    except DbopsError as exc:
+        fail(str(exc))
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
+        fail(message.strip().splitlines()[0] if message.strip() else state.name)
+    return state.result()
+
+
+def emit(document: Any, as_json: bool, human: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    else:
+        say(human)
+
+
+def s3_options(
+    endpoint_url: str | None,
+    sse: str | None,
+    sse_kms_key_id: str | None,
+    storage_class: str | None,
+    tags: list[str] | None,
+):
+    from tasks.core.settings import parse_tags, s3_options_from_env
+
+    return s3_options_from_env().merged(
+        endpoint_url=endpoint_url,
+        sse=sse,
+        sse_kms_key_id=sse_kms_key_id,
+        storage_class=storage_class,
+        tags=parse_tags(",".join(tags or [])),
+    )

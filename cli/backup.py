@@ -1,0 +1,116 @@
+"""`dbops backup` and `dbops list`: take backups and show them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+
+from cli.app import (
+    BackupUrl,
+    DatabaseUrl,
+    JsonFlag,
+    Retries,
+    app,
+    emit,
+    fail,
+    run_flow,
+    s3_options,
+    say,
+    use_database_url,
+)
+from tasks.core.errors import DbopsError
+
+
+@app.command()
+def backup(
+    database_url: DatabaseUrl = None,
+    to: BackupUrl = None,
+    format: Annotated[Literal["plain", "custom"], typer.Option(help="pg_dump format")] = "plain",
+    compression: Annotated[
+        Literal["gzip", "zstd", "none"], typer.Option(help="compression of the dump")
+    ] = "gzip",
+    level: Annotated[int | None, typer.Option(help="compression level")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="label the backup (repeatable)")] = None,
+    globals_: Annotated[
+        bool, typer.Option("--globals", help="also dump roles and tablespaces")
+    ] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+    sse: Annotated[
+        Literal["AES256", "aws:kms"] | None, typer.Option(help="server-side encryption")
+    ] = None,
+    sse_kms_key_id: Annotated[str | None, typer.Option(help="KMS key id for aws:kms")] = None,
+    storage_class: Annotated[str | None, typer.Option(help="S3 storage class")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="S3 object tag KEY=VALUE")] = None,
+    retries: Retries = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Back up a database: pg_dump | compress | checksum | upload, then a manifest."""
+    from flows.backup import backup_database
+
+    use_database_url(database_url)
+    try:
+        s3 = s3_options(endpoint_url, sse, sse_kms_key_id, storage_class, tag)
+    except DbopsError as exc:
+        fail(str(exc))
+    manifest = run_flow(
+        backup_database,
+        backup_url=to,
+        format=format,
+        compression=compression,
+        level=level,
+        labels=label or [],
+        include_globals=globals_,
+        s3=s3,
+        retries=retries,
+    )
+    emit(manifest, as_json, f"backup {manifest['backup_id']} stored: {manifest['dump']['name']}")
+
+
+@app.command("list")
+def list_backups(
+    to: BackupUrl = None,
+    database: Annotated[str | None, typer.Option(help="only this database's backups")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the backups under BACKUP_URL, newest first (reads only; runs no flow)."""
+    from tasks.backup.manifest import list_manifests
+    from tasks.core.settings import Settings
+
+    try:
+        settings = Settings.load(None, to, s3_options(endpoint_url, None, None, None, None))
+        manifests = list_manifests(settings.destination(), database)
+    except DbopsError as exc:
+        fail(str(exc))
+    rows = [
+        {
+            "backup_id": m.backup_id,
+            "database": m.database,
+            "started_at": m.started_at.isoformat(),
+            "format": m.format,
+            "compression": m.compression,
+            "size": m.dump.size,
+            "dump": m.dump.name,
+            "labels": m.labels,
+            "verified": m.verification.ok if m.verification else None,
+            "verified_at": m.verification.verified_at.isoformat() if m.verification else None,
+            "verification": m.verification.detail if m.verification else None,
+        }
+        for m in manifests
+    ]
+    if as_json:
+        emit(rows, True, "")
+        return
+    if not rows:
+        say(f"no backups under {settings.backup_url}")
+        return
+    for m, row in zip(manifests, rows, strict=True):
+        labels = ",".join(row["labels"])
+        if m.verification is None:
+            state = "-"
+        elif m.verification.ok:
+            state = f"verified {m.verification.verified_at:%Y-%m-%d}"
+        else:
+            state = "FAILED"
+        say(f"{row['backup_id']:<40} {row['size']:>14,d}  {state:<19} {row['dump']}  {labels}")

@@ -1,0 +1,135 @@
+"""`dbops vacuum`, `analyze`, `reindex`: targeted maintenance with a report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cli.app import (
+    DatabaseUrl,
+    JsonFlag,
+    app,
+    emit,
+    run_flow,
+    say,
+    use_database_url,
+)
+
+TimeBudget = Annotated[
+    float | None,
+    typer.Option("--time-budget", help="minutes; start no new table/index after that"),
+]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="seconds to wait for a lock, then skip")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="only show what would be done")]
+
+
+def maintenance_lines(report: dict[str, Any]) -> str:
+    lines = [report["summary"] + (" (dry run)" if report.get("dry_run") else "")]
+    for item in report["items"]:
+        sizes = ""
+        if "size_mb_before" in item:
+            sizes = f"  {item['size_mb_before']} -> {item.get('size_mb_after', '?')} MB"
+        dead = ""
+        if "dead_tuples_before" in item:
+            dead = f"  dead {item['dead_tuples_before']} -> {item.get('dead_tuples_after', '?')}"
+        lines.append(
+            f"  {item['action']:<27} {item['target']}: {item['status']} "
+            f"({item['seconds']} s){dead}{sizes}  [{item['reason']}]"
+        )
+    return "\n".join(lines)
+
+
+@app.command()
+def vacuum(
+    database_url: DatabaseUrl = None,
+    all_: Annotated[bool, typer.Option("--all", help="every table, like vacuumdb -z")] = False,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="VACUUM FULL: rewrites and LOCKS each table")
+    ] = False,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """VACUUM (ANALYZE) the tables that need it, biggest payoff first (--all: every table)."""
+    from flows.maintenance import FULL_WARNING, vacuum_analyze
+
+    use_database_url(database_url)
+    if full:
+        say(f"warning: {FULL_WARNING}")
+    report = run_flow(
+        vacuum_analyze,
+        all_tables=all_,
+        tables=table,
+        full=full,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))
+
+
+@app.command()
+def analyze(
+    database_url: DatabaseUrl = None,
+    all_: Annotated[bool, typer.Option("--all", help="every table, like `ANALYZE;`")] = False,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
+    ] = None,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """ANALYZE the tables never analyzed or much changed since (--all: every table)."""
+    from flows.maintenance import analyze as analyze_flow
+
+    use_database_url(database_url)
+    report = run_flow(
+        analyze_flow,
+        all_tables=all_,
+        tables=table,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))
+
+
+@app.command()
+def reindex(
+    database_url: DatabaseUrl = None,
+    index: Annotated[
+        list[str] | None, typer.Option("--index", help="only this index, schema.index (repeat)")
+    ] = None,
+    bloat_threshold: Annotated[
+        float, typer.Option(help="rebuild indexes with more estimated bloat (%)")
+    ] = 30.0,
+    min_size_mb: Annotated[
+        float, typer.Option(help="ignore indexes wasting less than this (MB)")
+    ] = 10.0,
+    time_budget: TimeBudget = None,
+    lock_timeout: LockTimeout = 5.0,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """REINDEX INDEX CONCURRENTLY invalid and bloated indexes; drop leftover _ccnew copies."""
+    from flows.maintenance import reindex as reindex_flow
+
+    use_database_url(database_url)
+    report = run_flow(
+        reindex_flow,
+        indexes=index,
+        bloat_threshold_pct=bloat_threshold,
+        min_index_mb=min_size_mb,
+        time_budget_minutes=time_budget,
+        lock_timeout_seconds=lock_timeout,
+        dry_run=dry_run,
+    )
+    emit(report, as_json, maintenance_lines(report))

@@ -1,0 +1,170 @@
+"""`dbops migrate` and `dbops reset`: the guide's migration procedure and its dev reset."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from cli.app import (
+    BackupUrl,
+    DatabaseUrl,
+    JsonFlag,
+    app,
+    emit,
+    fail,
+    run_flow,
+    use_database_url,
+)
+from tasks.core.errors import DbopsError
+
+
+def _default_migrations_dir() -> str | None:
+    """The guide's Prisma layout, or a plain migrations/ folder, when present."""
+    for candidate in ("prisma/migrations", "migrations"):
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+@app.command()
+def migrate(
+    migrations: Annotated[
+        str | None,
+        typer.Option(
+            "--migrations",
+            help="directory of NNNN_name.sql files or Prisma <timestamp>_<name>/migration.sql "
+            "folders (default: ./prisma/migrations or ./migrations)",
+            show_default=False,
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command",
+            help="run another tool instead, e.g. 'alembic upgrade head' or "
+            "'npx prisma migrate deploy' (gets DATABASE_URL in its environment)",
+        ),
+    ] = None,
+    verify_sql: Annotated[
+        str | None,
+        typer.Option("--verify-sql", help="file of SQL checks; each must return true or no rows"),
+    ] = None,
+    verify_command: Annotated[
+        str | None, typer.Option("--verify-command", help="command that must exit 0 afterwards")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan; change nothing, back up nothing")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    to: BackupUrl = None,
+    workdir: Annotated[
+        str | None, typer.Option(help="directory the commands run in (default: here)")
+    ] = None,
+    target_version: Annotated[
+        str | None,
+        typer.Option(help="label of the pre-migration backup (default: last pending migration)"),
+    ] = None,
+    lock_wait: Annotated[
+        float, typer.Option(min=0, help="seconds to wait for another migrator's lock")
+    ] = 60,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0.001, help="lock_timeout (s) of each migration statement")
+    ] = 5,
+    lock_retries: Annotated[
+        int, typer.Option(min=0, max=20, help="retries with backoff after a lock timeout")
+    ] = 5,
+    statement_timeout: Annotated[
+        float, typer.Option(min=0, help="statement_timeout (s) of migration statements; 0: none")
+    ] = 1800,
+    builtin_checks: Annotated[
+        bool,
+        typer.Option(help="fail on new invalid indexes or NOT VALID constraints"),
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Back up, migrate, verify; restore the backup if anything fails. Exit 0 only when the
+    migration is applied and verified."""
+    from flows.migrate import migrate_database
+
+    use_database_url(database_url)
+    if migrations and command:
+        fail("give --migrations DIR or --command CMD, not both")
+    if not command:
+        migrations = migrations or _default_migrations_dir()
+        if not migrations:
+            fail("no migrations found; pass --migrations DIR or --command 'alembic upgrade head'")
+        migrations = os.path.abspath(migrations)
+    result = run_flow(
+        migrate_database,
+        backup_url=to,
+        migrations=migrations,
+        command=command,
+        workdir=workdir,
+        verify_sql=os.path.abspath(verify_sql) if verify_sql else None,
+        verify_command=verify_command,
+        builtin_checks=builtin_checks,
+        dry_run=dry_run,
+        target_version=target_version,
+        lock_wait_seconds=lock_wait,
+        lock_timeout_seconds=lock_timeout,
+        lock_retries=lock_retries,
+        statement_timeout_seconds=statement_timeout,
+    )
+    plan = result["plan"]
+    if result["status"] == "planned":
+        if plan["mode"] == "command":
+            lines = [f"would back up {plan['database']}, then run: {plan['command']}"]
+        else:
+            pending = plan["pending"]
+            lines = [f"{plan['database']}: {len(plan['applied'])} applied, {len(pending)} pending"]
+            lines += [
+                f"  {m['id']}  ({m['statements']} statements"
+                + ("" if m["transactional"] else ", outside a transaction")
+                + ")"
+                for m in pending
+            ]
+    elif result["status"] == "up-to-date":
+        lines = [f"{plan['database']} is up to date; nothing was changed"]
+    else:
+        applied = [a["id"] for a in result.get("applied", [])] or [plan.get("command")]
+        lines = [
+            f"migrated {plan['database']}: {', '.join(map(str, applied))}",
+            f"  pre-migration backup {result['backup']['backup_id']} ({result['backup']['url']})",
+            f"  {len(result.get('checks', []))} checks passed",
+        ]
+    emit(result, as_json, "\n".join(lines))
+
+
+@app.command()
+def reset(
+    database_url: DatabaseUrl = None,
+    migrations: Annotated[
+        str | None, typer.Option("--migrations", help="apply this directory's migrations after")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Drop and recreate a DEVELOPMENT database (DBOPS_ENVIRONMENT=development, or a name
+    ending in _dev/_test/_local); refuses anything else."""
+    from flows.reset import reset_database_flow
+    from tasks.core.settings import Settings
+    from tasks.migrations.reset import non_production_reason
+
+    use_database_url(database_url)
+    try:
+        name = Settings.load().connection().dbname
+        reason = non_production_reason(name)  # refuse before asking
+    except DbopsError as exc:
+        fail(str(exc))
+    if not yes and not typer.confirm(
+        f"Drop database {name!r} ({reason}) and recreate it empty? Every object and row in it "
+        "is deleted",
+        default=False,
+        err=True,
+    ):
+        fail(f"reset of {name!r} cancelled; nothing was changed")
+    result = run_flow(reset_database_flow, confirm=name, migrations=migrations)
+    applied = f", then applied {len(result['applied'])} migrations" if result["applied"] else ""
+    emit(result, as_json, f"reset {result['target']}: dropped and recreated{applied}")

@@ -1,0 +1,102 @@
+"""`dbops restore` and `dbops verify`: put a backup into a database, or prove it restores."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from cli.app import (
+    DatabaseUrl,
+    JsonFlag,
+    Retries,
+    app,
+    emit,
+    run_flow,
+    s3_options,
+    use_database_url,
+)
+
+
+@app.command()
+def restore(
+    source: Annotated[str, typer.Argument(help="`latest`, a backup id, an s3:// URL or a path")],
+    database_url: DatabaseUrl = None,
+    backups: Annotated[
+        str | None, typer.Option("--from", help="where backups are; default $BACKUP_URL")
+    ] = None,
+    clean: Annotated[bool, typer.Option(help="replace a non-empty target database")] = False,
+    from_database: Annotated[
+        str | None, typer.Option(help="with `latest`: whose backups (default: the target's)")
+    ] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+    retries: Retries = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore a backup into a database (created if missing)."""
+    from flows.restore import restore_database
+
+    use_database_url(database_url)
+    result = run_flow(
+        restore_database,
+        source=source,
+        backup_url=backups,
+        clean=clean,
+        from_database=from_database,
+        s3=s3_options(endpoint_url, None, None, None, None),
+        retries=retries,
+    )
+    emit(result, as_json, f"restored {result['source']} into {result['target']}")
+
+
+@app.command()
+def verify(
+    source: Annotated[
+        str, typer.Argument(help="`latest`, a backup id, an s3:// URL or a path")
+    ] = "latest",
+    database_url: DatabaseUrl = None,
+    verify_database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--verify-database-url",
+            help="server for the scratch database; default $VERIFY_DATABASE_URL, "
+            "else the $DATABASE_URL server",
+            show_default=False,
+        ),
+    ] = None,
+    backups: Annotated[
+        str | None, typer.Option("--from", "--to", help="where backups are; default $BACKUP_URL")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(help="with `latest`: whose backups (default: DATABASE_URL's)")
+    ] = None,
+    smoke: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--smoke",
+            help="read-only SQL run in the restored copy; fails on an error, no rows, or a "
+            "false/NULL first value (repeatable)",
+        ),
+    ] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+    retries: Retries = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore a backup into a scratch database, check SHA-256, archive, row counts and smoke
+    queries, drop the scratch database and record the result next to the backup."""
+    from flows.verify import verify_backup
+
+    use_database_url(database_url)
+    if verify_database_url:  # like DATABASE_URL: through the environment, never a parameter
+        os.environ["VERIFY_DATABASE_URL"] = verify_database_url
+    result = run_flow(
+        verify_backup,
+        source=source,
+        backup_url=backups,
+        database=database,
+        smoke_queries=smoke or [],
+        s3=s3_options(endpoint_url, None, None, None, None),
+        retries=retries,
+    )
+    emit(result, as_json, f"backup {result['backup_id']} verified: {result['detail']}")

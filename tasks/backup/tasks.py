@@ -1,0 +1,78 @@
+"""The backup's Prefect task: the one path every backup takes (nightly, fleet, pre-migration).
+
+It takes the database's concurrency slot, so no backup ever runs beside
+maintenance, a restore or a migration of the same database, whoever started it.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.backup.manifest import Manifest
+from tasks.backup.pipeline import BackupRequest, run_backup
+from tasks.backup.report import publish_backup_report
+from tasks.core.artifacts import ProgressReporter
+from tasks.core.errors import retry_transient
+from tasks.core.settings import Settings
+from tasks.core.slots import database_slot
+from tasks.storage.destinations import S3Options
+
+
+def take_backup(
+    settings: Settings,
+    format: str,
+    compression: str,
+    level: int,
+    labels: list[str],
+    include_globals: bool = False,
+    slot_wait_seconds: float = 3600,
+) -> Manifest:
+    """Dump, store and report one backup under the database's slot."""
+    logger = get_run_logger()
+    info = settings.connection()
+    destination = settings.destination()
+    logger.info("Backing up %s to %s", info.redacted(), destination.url)
+    destination.check_writable()  # a missing bucket is reported before the server is touched
+    with info.connect() as conn:
+        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
+    progress = ProgressReporter(size, f"Dumping {info.dbname}")
+    with database_slot(info, slot_wait_seconds):  # never beside another heavy job on it
+        manifest = run_backup(
+            BackupRequest(
+                conn=info,
+                destination=destination,
+                format=format,
+                compression=compression,
+                level=level,
+                labels=labels,
+                include_globals=include_globals,
+            ),
+            progress=progress,
+        )
+    progress.done()
+    location = destination.url_for(manifest.dump.name)
+    publish_backup_report(manifest, location)
+    logger.info(
+        "Stored %s (%d bytes, sha256 %s)", location, manifest.dump.size, manifest.dump.sha256
+    )
+    return manifest
+
+
+@task(name="dump-database", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def dump_database(
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    format: str,
+    compression: str,
+    level: int,
+    labels: list[str],
+    include_globals: bool,
+    slot_wait_seconds: float = 3600,
+) -> Manifest:
+    """Settings are loaded here, not in the flow, so a password never passes through Prefect."""
+    settings = Settings.load(database_url, backup_url, s3)
+    return take_backup(
+        settings, format, compression, level, labels, include_globals, slot_wait_seconds
+    )

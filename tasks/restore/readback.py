@@ -1,0 +1,72 @@
+"""The one read-back: a stored object read in full, checked against what its manifest says.
+
+Size and SHA-256 of the stored bytes, a full decompression (a truncated or
+corrupt stream fails here, not at the first restore), and, for a dump, pg_dump's
+own completion mark. Memory stays at a few chunks whatever the object's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.backup.compression import DecompressingReader
+from tasks.backup.manifest import Manifest, ObjectInfo
+from tasks.core.errors import BackupCheck, BackupFaultError
+from tasks.core.streams import CHUNK_SIZE, HashingReader
+from tasks.storage.destinations import Destination
+
+# The last line pg_dump writes in plain format; a dump cut short has no such line.
+PLAIN_DUMP_END = b"PostgreSQL database dump complete"
+CUSTOM_DUMP_MAGIC = b"PGDMP"
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What a full read of an object saw."""
+
+    stored_bytes: int
+    raw_bytes: int
+    sha256: str
+    head: bytes
+    tail: bytes
+
+
+def read_back(destination: Destination, info: ObjectInfo, compression: str) -> ReadBack:
+    """Read the whole object; raise BackupFaultError unless size and SHA-256 match `info`."""
+    where = destination.url_for(info.name)
+    head, tail, raw_size = b"", b"", 0
+    with destination.open_read(info.name) as raw:
+        hashing = HashingReader(raw)
+        reader = DecompressingReader(hashing, compression)
+        while chunk := reader.read_chunk(CHUNK_SIZE):
+            if len(head) < 16:
+                head += chunk[: 16 - len(head)]
+            tail = (tail + chunk)[-512:]
+            raw_size += len(chunk)
+    if hashing.size != info.size:
+        raise BackupFaultError(
+            f"{where} is {hashing.size} bytes but its manifest says {info.size}; the object is "
+            "truncated or replaced",
+            BackupCheck.SHA256,
+        )
+    if hashing.hexdigest() != info.sha256:
+        raise BackupFaultError(
+            f"{where} fails its SHA-256 check (corrupt or replaced object)", BackupCheck.SHA256
+        )
+    return ReadBack(hashing.size, raw_size, hashing.hexdigest(), head, tail)
+
+
+def read_back_dump(destination: Destination, manifest: Manifest) -> ReadBack:
+    """The dump of a backup, read back in full, including pg_dump's completion mark."""
+    compression = "none" if manifest.format == "custom" else manifest.compression
+    seen = read_back(destination, manifest.dump, compression)
+    if manifest.format == "custom":
+        complete = seen.head.startswith(CUSTOM_DUMP_MAGIC)
+    else:
+        complete = PLAIN_DUMP_END in seen.tail
+    if not complete:
+        raise BackupFaultError(
+            f"{destination.url_for(manifest.dump.name)} is not a complete pg_dump output",
+            BackupCheck.ARCHIVE,
+        )
+    return seen
