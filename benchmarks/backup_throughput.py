@@ -646,7 +646,7 @@ def run_dbops(bench: Environment, db: Database, compression: str, repeat: int, v
     stored = read_manifest(destination, manifest_name)
     if stored.dump.sha256 != manifest["dump"]["sha256"]:
         raise BenchError(f"{compression}: the stored manifest differs from the printed one")
-    if destination.incomplete_uploads():
+    if destination.incomplete_writes():
         raise BenchError(f"{compression}: incomplete multipart uploads left under {prefix}")
     checks = [f"{dump_name}: {size} bytes, {compression}", f"{manifest_name} in S3 next to it"]
     raw_size = int(manifest["dump"]["raw_size"] or 0)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
-from tasks.core.errors import DbopsError
+from tasks.core.errors import DbopsError, ParameterError
 
 # Without PREFECT_API_URL, Prefect starts a temporary server in this process; its first
 # start migrates a fresh database, which can take longer than Prefect's default wait.
@@ -58,20 +60,33 @@ def use_database_url(url: str | None) -> None:
         os.environ["DATABASE_URL"] = url
 
 
+def error_line(error: BaseException) -> str:
+    """One line for the terminal; a parameter is named by its flag, as the user typed it."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, ParameterError):
+        for name in (error.parameter, *error.related):
+            text = re.sub(rf"\b{re.escape(name)}\b", "--" + name.replace("_", "-"), text)
+    return text
+
+
 def run_flow(flow_fn: Any, **parameters: Any) -> Any:
     """Run a flow; on failure print its one-line error and exit 1."""
     try:
         state = flow_fn(**parameters, return_state=True)
     except DbopsError as exc:
-        fail(str(exc))
+        fail(error_line(exc))
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
-        message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
-        fail(message.strip().splitlines()[0] if message.strip() else state.name)
+        if isinstance(error, BaseException):
+            fail(error_line(error))
+        message = (state.message or "").strip()
+        fail(message.splitlines()[0] if message else state.name)
     return state.result()
 
 
 def emit(document: Any, as_json: bool, human: str) -> None:
+    if isinstance(document, BaseModel):
+        document = document.model_dump(mode="json")
     if as_json:
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
     else:

@@ -6,15 +6,13 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
-    BackupUrl,
-    JsonFlag,
-    Retries,
-    app,
-    emit,
-    run_flow,
-    s3_options,
-)
+from cli.app import BackupUrl, JsonFlag, Retries, app, emit, run_flow, s3_options
+from tasks.core.parameters import field_help
+from tasks.retention.policy import RetentionPolicy
+
+
+def _policy_option(name: str, *flags: str) -> typer.models.OptionInfo:
+    return typer.Option(*flags, help=field_help(RetentionPolicy, name))
 
 
 @app.command()
@@ -23,37 +21,16 @@ def prune(
     database: Annotated[
         str | None, typer.Option(help="only this database's backups (default: all)")
     ] = None,
-    keep_days: Annotated[
-        float | None,
-        typer.Option(help="keep every backup younger than N days (7 when no rule is given)"),
-    ] = None,
-    keep_last: Annotated[int | None, typer.Option(help="keep the newest N backups")] = None,
-    keep_daily: Annotated[
-        int | None, typer.Option(help="keep the newest backup of each of the last N days")
-    ] = None,
-    keep_weekly: Annotated[
-        int | None, typer.Option(help="keep the newest backup of each of the last N ISO weeks")
-    ] = None,
-    keep_monthly: Annotated[
-        int | None, typer.Option(help="keep the newest backup of each of the last N months")
-    ] = None,
-    keep_yearly: Annotated[
-        int | None, typer.Option(help="keep the newest backup of each of the last N years")
-    ] = None,
-    min_keep: Annotated[int, typer.Option(help="never keep fewer than N backups")] = 1,
-    keep_pre_migration_days: Annotated[
-        float, typer.Option(help="keep backups labelled pre-migration for N days")
-    ] = 30,
-    stale_after_days: Annotated[
-        float | None,
-        typer.Option(
-            help="delete nothing and fail when the newest backup is older than N days "
-            "(default: --keep-days, else the finest calendar rule's span)"
-        ),
-    ] = None,
-    timezone: Annotated[
-        str, typer.Option("--timezone", "--tz", help="time zone of calendar days/weeks/months")
-    ] = "UTC",
+    keep_days: Annotated[float | None, _policy_option("keep_days")] = None,
+    keep_last: Annotated[int | None, _policy_option("keep_last")] = None,
+    keep_daily: Annotated[int | None, _policy_option("keep_daily")] = None,
+    keep_weekly: Annotated[int | None, _policy_option("keep_weekly")] = None,
+    keep_monthly: Annotated[int | None, _policy_option("keep_monthly")] = None,
+    keep_yearly: Annotated[int | None, _policy_option("keep_yearly")] = None,
+    min_keep: Annotated[int, _policy_option("min_keep")] = 1,
+    keep_pre_migration_days: Annotated[float, _policy_option("keep_pre_migration_days")] = 30,
+    stale_after_days: Annotated[float | None, _policy_option("stale_after_days")] = None,
+    timezone: Annotated[str, _policy_option("timezone", "--timezone", "--tz")] = "UTC",
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="print the plan (what is kept and why), delete nothing"),
@@ -69,10 +46,7 @@ def prune(
     backups are failing. Only backups with a manifest are counted or touched."""
     from flows.prune import prune_backups
 
-    result = run_flow(
-        prune_backups,
-        backup_url=to,
-        database=database,
+    policy = RetentionPolicy(
         keep_days=keep_days,
         keep_last=keep_last,
         keep_daily=keep_daily,
@@ -83,6 +57,12 @@ def prune(
         keep_pre_migration_days=keep_pre_migration_days,
         stale_after_days=stale_after_days,
         timezone=timezone,
+    )
+    report = run_flow(
+        prune_backups,
+        backup_url=to,
+        database=database,
+        policy=policy,
         dry_run=dry_run,
         abort_uploads_older_than_hours=abort_uploads_older_than_hours,
         s3=s3_options(endpoint_url, None, None, None, None),
@@ -90,24 +70,23 @@ def prune(
     )
     verified = {True: "verified", False: "FAILED", None: ""}
     lines = [
-        f"{'keep' if i['action'] == 'keep' else 'DELETE':<6} {i['backup_id']:<40} "
-        f"{i['age']:>8} {verified[i['verified']]:<8} {i['reason']}"
-        for i in result["items"]
+        f"{'keep' if i.action == 'keep' else 'DELETE':<6} {i.backup_id:<40} "
+        f"{i.age:>8} {verified[i.verified]:<8} {i.reason}"
+        for i in report.items
     ]
-    lines += [f"DELETE {name}  (leftover of a half-deleted backup)" for name in result["leftovers"]]
-    lines += [f"ABORT  {key}  (incomplete upload)" for key in result["incomplete_uploads"]]
-    deletions = sum(1 for i in result["items"] if i["action"] == "delete")
-    if result["refused"]:
-        lines.append(f"prune would refuse, nothing would be deleted: {result['refused']}")
+    lines += [f"DELETE {name}  (leftover of a half-deleted backup)" for name in report.leftovers]
+    lines += [f"ABORT  {key}  (incomplete upload)" for key in report.incomplete_uploads]
+    if report.refused:
+        lines.append(f"prune would refuse, nothing would be deleted: {report.refused}")
     elif dry_run:
-        lines.append(f"dry run: would delete {deletions} backups under {result['location']}")
+        lines.append(f"dry run: would delete {len(report.delete)} backups under {report.location}")
     else:
         lines.append(
-            f"deleted {len(result['deleted_backups'])} backups "
-            f"({len(result['deleted_objects'])} objects), aborted "
-            f"{len(result['aborted_uploads'])} incomplete uploads under {result['location']}"
+            f"deleted {len(report.deleted_backups)} backups "
+            f"({len(report.deleted_objects)} objects), aborted "
+            f"{len(report.aborted_uploads)} incomplete uploads under {report.location}"
         )
-    emit(result, as_json, "\n".join(lines))
+    emit(report, as_json, "\n".join(lines))
 
 
 @app.command()
@@ -131,7 +110,7 @@ def check(
     last_backup_maximum_age)."""
     from flows.check import backup_freshness
 
-    result = run_flow(
+    report = run_flow(
         backup_freshness,
         backup_url=to,
         database=database,
@@ -141,8 +120,8 @@ def check(
         retries=retries,
     )
     lines = [
-        f"{d['database']}: newest verified backup {d['newest_verified']} is "
-        f"{d['newest_verified_age_hours']}h old (limit {max_age_hours:g}h): OK"
-        for d in result["databases"]
+        f"{d.database}: newest verified backup {d.newest_verified} is "
+        f"{d.newest_verified_age_hours}h old (limit {max_age_hours:g}h): OK"
+        for d in report.databases
     ]
-    emit(result, as_json, "\n".join(lines))
+    emit(report, as_json, "\n".join(lines))

@@ -11,7 +11,7 @@ from flows.check import backup_freshness
 from tasks.core.errors import DbopsError
 from tasks.core.settings import s3_options_from_env
 from tasks.retention.freshness import assess_freshness
-from tasks.retention.policy import BackupInfo
+from tasks.retention.plan import BackupInfo
 from tasks.storage.destinations import Destination
 from tests.issue3_helpers import invoke_dbops, make_backup, run_dbops
 
@@ -84,7 +84,7 @@ def test_freshness_flow_passes_then_fails_when_verification_stops(prefect, tmp_p
     ok = backup_freshness(backup_url=url, max_age_hours=72, return_state=True)
     assert ok.is_completed(), ok
     result = ok.result()
-    assert result["ok"] and result["databases"][0]["newest_verified"] == verified.backup_id
+    assert result.ok and result.databases[0].newest_verified == verified.backup_id
 
     stale = backup_freshness(backup_url=url, max_age_hours=24, return_state=True)
     assert stale.is_failed()
@@ -106,7 +106,15 @@ def test_freshness_flow_fails_without_backups_or_with_a_bad_threshold(prefect, t
     assert "no backups under" in str(empty.result(raise_on_failure=False))
     bad = backup_freshness(backup_url=str(tmp_path / "none"), max_age_hours=-1, return_state=True)
     assert bad.is_failed()
-    assert "--max-age-hours -1 must be positive" in str(bad.result(raise_on_failure=False))
+    error = bad.result(raise_on_failure=False)
+    # The run names the parameter as the UI shows it; the CLI names its flag.
+    assert "max_age_hours -1 must be positive" in str(error) and "--" not in str(error)
+    assert error.parameter == "max_age_hours"
+    cli = invoke_dbops("check", "--to", str(tmp_path / "none"), "--max-age-hours", "-1")
+    assert cli.exit_code == 1
+    assert cli.stderr.strip().splitlines()[-1] == (
+        "error: --max-age-hours -1 must be positive, e.g. 192 (8 days)"
+    )
 
 
 def test_cli_check_exit_codes(prefect, prefect_api, tmp_path):

@@ -13,15 +13,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.prune import prune_backups
 from tasks.backup.manifest import VERIFIED_SUFFIX, list_manifests, write_manifest
 from tasks.core.settings import s3_options_from_env
-from tasks.retention.policy import (
-    PRE_MIGRATION,
-    BackupInfo,
-    RetentionPolicy,
-    apply_plan,
-    plan_retention,
-    stale_partial_writes,
-    take_inventory,
-)
+from tasks.retention.inventory import apply_plan, stale_incomplete_writes, take_inventory
+from tasks.retention.plan import PRE_MIGRATION, BackupInfo, plan_retention
+from tasks.retention.policy import RetentionPolicy
 from tasks.storage.destinations import Destination, LocalDestination
 from tests.issue3_helpers import backup_objects, invoke_dbops, make_backup, object_names
 
@@ -84,16 +78,16 @@ def test_prune_keeps_a_week_the_newest_verified_and_pre_migration(prefect, store
     destination.write_bytes("notes.txt", b"not ours")
     before = object_names(destination)
 
-    state = prune_backups(backup_url=url, keep_days=7, return_state=True)
+    state = prune_backups(backup_url=url, return_state=True, policy=RetentionPolicy(keep_days=7))
 
     assert state.is_completed(), state
     result = state.result()
     kept = {b.backup_id for b in backups[:7]} | {backups[9].backup_id, recent_migration.backup_id}
     deleted = {b.backup_id for b in (*backups[7:9], *backups[10:], doomed_with_extras)}
     deleted.add(old_migration.backup_id)
-    assert {i["backup_id"] for i in result["items"] if i["action"] == "keep"} == kept
-    assert set(result["deleted_backups"]) == deleted
-    rules = {i["backup_id"]: i["rules"] for i in result["items"]}
+    assert {i.backup_id for i in result.items if i.action == "keep"} == kept
+    assert set(result.deleted_backups) == deleted
+    rules = {i.backup_id: i.rules for i in result.items}
     assert rules[backups[9].backup_id] == ["newest verified"]
     assert rules[recent_migration.backup_id] == ["pre-migration < 30d"]
     assert rules[backups[0].backup_id] == ["newest", "younger than 7d"]
@@ -125,19 +119,24 @@ def test_dry_run_deletes_nothing_and_predicts_the_real_run(prefect, tmp_path):
     before = object_names(destination)
 
     state = prune_backups(
-        backup_url=url, keep_last=3, keep_weekly=1, dry_run=True, return_state=True
+        backup_url=url,
+        dry_run=True,
+        return_state=True,
+        policy=RetentionPolicy(keep_last=3, keep_weekly=1),
     )
     assert state.is_completed(), state
     plan = state.result()
     assert object_names(destination) == before
-    assert plan["dry_run"] is True and "deleted_backups" not in plan
-    predicted = {i["backup_id"] for i in plan["items"] if i["action"] == "delete"}
+    assert plan.dry_run is True and plan.deleted_backups == []
+    predicted = {i.backup_id for i in plan.items if i.action == "delete"}
     assert predicted == {b.backup_id for b in backups[3:]}
     _, description = artifact_rows(state)
     assert description.startswith("Dry run of")
 
-    real = prune_backups(backup_url=url, keep_last=3, keep_weekly=1, return_state=True).result()
-    assert set(real["deleted_backups"]) == predicted
+    real = prune_backups(
+        backup_url=url, return_state=True, policy=RetentionPolicy(keep_last=3, keep_weekly=1)
+    ).result()
+    assert set(real.deleted_backups) == predicted
 
 
 def test_failing_dumps_stop_the_prune_loudly_and_delete_nothing(prefect, store):
@@ -148,7 +147,7 @@ def test_failing_dumps_stop_the_prune_loudly_and_delete_nothing(prefect, store):
     stale = [make_backup(destination, "app", now() - timedelta(days=9 + i)) for i in range(3)]
     before = object_names(destination)
 
-    state = prune_backups(backup_url=url, keep_days=7, return_state=True)
+    state = prune_backups(backup_url=url, return_state=True, policy=RetentionPolicy(keep_days=7))
 
     assert state.is_failed()
     message = error_of(state)
@@ -158,8 +157,10 @@ def test_failing_dumps_stop_the_prune_loudly_and_delete_nothing(prefect, store):
     rows, description = artifact_rows(state)
     assert "REFUSED" in description and all(r["action"] == "keep" for r in rows)
 
-    dry = prune_backups(backup_url=url, keep_days=7, dry_run=True, return_state=True)
-    assert dry.is_completed() and dry.result()["refused"]
+    dry = prune_backups(
+        backup_url=url, dry_run=True, return_state=True, policy=RetentionPolicy(keep_days=7)
+    )
+    assert dry.is_completed() and dry.result().refused
     assert object_names(destination) == before
 
 
@@ -167,7 +168,10 @@ def test_failing_dumps_stop_the_prune_loudly_and_delete_nothing(prefect, store):
     ("parameters", "message"),
     [
         # (the policy's own checks are covered one by one in test_retention_policy.py)
-        ({"timezone": "Europe/Atlantis"}, "unknown time zone 'Europe/Atlantis'"),
+        (
+            {"policy": RetentionPolicy(timezone="Europe/Atlantis")},
+            "'Europe/Atlantis' is not a known time zone",
+        ),
         ({"abort_uploads_older_than_hours": -2}, "is negative"),
     ],
 )
@@ -203,20 +207,29 @@ def test_stale_incomplete_uploads_are_aborted_only_under_the_prefix(prefect, buc
     (listed,) = s3_client.list_multipart_uploads(Bucket=bucket, Prefix="backups/")["Uploads"]
     initiated = listed["Initiated"]
     just_after = initiated + timedelta(hours=2)
-    assert stale_partial_writes(destination, timedelta(hours=24), just_after) == []
-    (found,) = stale_partial_writes(
+    assert stale_incomplete_writes(destination, timedelta(hours=24), just_after) == []
+    (found,) = stale_incomplete_writes(
         destination, timedelta(hours=24), just_after + timedelta(days=1)
     )
-    assert found["upload_id"] == ours["UploadId"]
+    assert found.upload_id == ours["UploadId"]
 
-    kept = prune_backups(backup_url=url, keep_days=7, abort_uploads_older_than_hours=None)
-    assert kept["aborted_uploads"] == [] and pending() == {ours["UploadId"], other["UploadId"]}
+    kept = prune_backups(
+        backup_url=url, abort_uploads_older_than_hours=None, policy=RetentionPolicy(keep_days=7)
+    )
+    assert kept.aborted_uploads == [] and pending() == {ours["UploadId"], other["UploadId"]}
 
-    dry = prune_backups(backup_url=url, keep_days=7, abort_uploads_older_than_hours=0, dry_run=True)
-    assert dry["incomplete_uploads"] == ["backups/ai_saas_x.sql.gz"] and len(pending()) == 2
+    dry = prune_backups(
+        backup_url=url,
+        abort_uploads_older_than_hours=0,
+        dry_run=True,
+        policy=RetentionPolicy(keep_days=7),
+    )
+    assert dry.incomplete_uploads == ["backups/ai_saas_x.sql.gz"] and len(pending()) == 2
 
-    done = prune_backups(backup_url=url, keep_days=7, abort_uploads_older_than_hours=0)
-    assert done["aborted_uploads"] == ["backups/ai_saas_x.sql.gz"]
+    done = prune_backups(
+        backup_url=url, abort_uploads_older_than_hours=0, policy=RetentionPolicy(keep_days=7)
+    )
+    assert done.aborted_uploads == ["backups/ai_saas_x.sql.gz"]
     assert pending() == {other["UploadId"]}
     assert len(list_manifests(destination)) == 2
 
@@ -228,11 +241,13 @@ def test_stale_partial_files_in_a_local_directory_are_removed(prefect, tmp_path)
     partial = tmp_path / "backups" / ".ai_saas_20250101_000000.sql.gz.partial-0123abcd"
     partial.write_bytes(b"half a dump")
     old = (datetime.now(UTC) - timedelta(days=2)).timestamp()
-    young = prune_backups(backup_url=url, keep_days=7, abort_uploads_older_than_hours=72)
-    assert young["aborted_uploads"] == [] and partial.exists()
+    young = prune_backups(
+        backup_url=url, abort_uploads_older_than_hours=72, policy=RetentionPolicy(keep_days=7)
+    )
+    assert young.aborted_uploads == [] and partial.exists()
     os.utime(partial, (old, old))
-    done = prune_backups(backup_url=url, keep_days=7)
-    assert done["aborted_uploads"] == [partial.name] and not partial.exists()
+    done = prune_backups(backup_url=url, policy=RetentionPolicy(keep_days=7))
+    assert done.aborted_uploads == [partial.name] and not partial.exists()
 
 
 class RecordingDestination(LocalDestination):
@@ -262,14 +277,14 @@ def test_dump_goes_first_and_manifest_last_and_a_half_done_prune_is_finished(pre
     assert [m.backup_id for m in list_manifests(destination)] == [keep.backup_id]
 
     url = str(tmp_path / "backups")
-    dry = prune_backups(backup_url=url, keep_days=7, dry_run=True)
-    assert dry["leftovers"] == [
+    dry = prune_backups(backup_url=url, dry_run=True, policy=RetentionPolicy(keep_days=7))
+    assert dry.leftovers == [
         doomed.globals.name,
         doomed.backup_id + VERIFIED_SUFFIX,
         doomed.manifest_name,
     ]
-    again = prune_backups(backup_url=url, keep_days=7)
-    assert again["deleted_objects"] == dry["leftovers"]
+    again = prune_backups(backup_url=url, policy=RetentionPolicy(keep_days=7))
+    assert again.deleted_objects == dry.leftovers
     assert object_names(destination) == backup_objects(keep)
 
     # The order on a whole backup: dump, globals, sidecar, manifest.
@@ -293,8 +308,8 @@ def test_database_option_prunes_only_that_database(prefect, tmp_path):
     destination = Destination.from_url(url)
     app = daily_backups(destination, 5, database="app")
     billing = daily_backups(destination, 5, database="billing")
-    result = prune_backups(backup_url=url, database="billing", keep_last=2)
-    assert set(result["deleted_backups"]) == {b.backup_id for b in billing[2:]}
+    result = prune_backups(backup_url=url, database="billing", policy=RetentionPolicy(keep_last=2))
+    assert set(result.deleted_backups) == {b.backup_id for b in billing[2:]}
     assert {m.backup_id for m in list_manifests(destination, "app")} == {b.backup_id for b in app}
 
 
@@ -329,6 +344,6 @@ def test_a_manifest_naming_objects_outside_its_backup_is_never_acted_on(prefect,
     destination.write_bytes("notes.txt", b"someone's notes")
     dump = odd.dump.model_copy(update={"name": "notes.txt"})
     write_manifest(destination, odd.model_copy(update={"dump": dump}))
-    result = prune_backups(backup_url=url, keep_days=7)
-    assert result["deleted_backups"] == [] and result["deleted_objects"] == []
+    result = prune_backups(backup_url=url, policy=RetentionPolicy(keep_days=7))
+    assert result.deleted_backups == [] and result.deleted_objects == []
     assert {"notes.txt", odd.manifest_name, odd.dump.name} <= object_names(destination)

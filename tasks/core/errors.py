@@ -36,13 +36,14 @@ class ConfigError(DbopsError):
 class ParameterError(ConfigError):
     """A flow parameter's value is refused; `parameter` names it so the CLI can name its flag.
 
-    The message starts with the parameter's name, as the Prefect UI form shows it.
+    The message starts with the parameter's name, as the Prefect UI form shows it; `related`
+    names other parameters the message mentions.
     """
 
-    def __init__(self, parameter: str, problem: str) -> None:
+    def __init__(self, parameter: str, problem: str, related: tuple[str, ...] = ()) -> None:
         super().__init__(f"{parameter} {problem}")
         self.parameter = parameter
-        self.problem = " ".join(problem.split())
+        self.related = related
 
 
 class NotFoundError(DbopsError):

@@ -11,8 +11,10 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
+
+from tasks.storage.destinations import S3Options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,3 +49,22 @@ DatabaseUrl = Annotated[
     Field(description="secret://BLOCK or a URL without password; default DATABASE_URL"),
 ]
 """The target database of every flow: never a password in a parameter (Prefect stores them)."""
+
+BackupUrl = Annotated[
+    str | None, Field(description="s3://bucket/prefix or a directory; default BACKUP_URL")
+]
+"""Where backups are: S3 or a local directory."""
+
+S3Parameter = Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")]
+
+Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
+
+
+def describe(annotation: Any) -> str:
+    """The description the Prefect UI shows for a parameter type: the CLI's help text too."""
+    return _description(annotation) or ""
+
+
+def field_help(model: type[BaseModel], name: str) -> str:
+    """A pydantic model field's description, for the CLI flag that sets it."""
+    return model.model_fields[name].description or ""

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
-from tasks.core.errors import DbopsError
-from tasks.retention.policy import BackupInfo, human_age
+from tasks.core.errors import ParameterError
+from tasks.retention.plan import BackupInfo, human_age
 
 
 class DatabaseFreshness(BaseModel):
@@ -29,11 +29,13 @@ class DatabaseFreshness(BaseModel):
 
 
 class FreshnessReport(BaseModel):
+    location: str = ""
     checked_at: datetime
     max_age_hours: float
     max_backup_age_hours: float | None
     databases: list[DatabaseFreshness] = Field(default_factory=list)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return bool(self.databases) and all(d.ok for d in self.databases)
@@ -57,10 +59,12 @@ class FreshnessReport(BaseModel):
 
 def check_limits(max_age_hours: float, max_backup_age_hours: float | None) -> None:
     if not max_age_hours > 0:
-        raise DbopsError(f"--max-age-hours {max_age_hours:g} must be positive, e.g. 192 (8 days)")
+        raise ParameterError(
+            "max_age_hours", f"{max_age_hours:g} must be positive, e.g. 192 (8 days)"
+        )
     if max_backup_age_hours is not None and not max_backup_age_hours > 0:
-        raise DbopsError(
-            f"--max-backup-age-hours {max_backup_age_hours:g} must be positive, e.g. 26"
+        raise ParameterError(
+            "max_backup_age_hours", f"{max_backup_age_hours:g} must be positive, e.g. 26"
         )
 
 

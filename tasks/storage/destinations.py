@@ -50,6 +50,14 @@ class StoredObject:
     modified: datetime
 
 
+class IncompleteWrite(BaseModel):
+    """An object never completed: an S3 multipart upload or a local `.partial-` file."""
+
+    key: str
+    upload_id: str | None = None
+    since: datetime
+
+
 class Destination:
     """A place that holds backups: open for streaming write/read, list, delete."""
 
@@ -86,6 +94,13 @@ class Destination:
         return any(obj.name == name for obj in self.list())
 
     def url_for(self, name: str) -> str:
+        raise NotImplementedError
+
+    def incomplete_writes(self) -> list[IncompleteWrite]:
+        """Writes that were started and never completed nor aborted (killed processes)."""
+        raise NotImplementedError
+
+    def abort_incomplete_write(self, write: IncompleteWrite) -> None:
         raise NotImplementedError
 
     def read_bytes(self, name: str) -> bytes:
@@ -166,6 +181,20 @@ class LocalDestination(Destination):
 
     def url_for(self, name: str) -> str:
         return str(self._path(name).resolve())
+
+    def incomplete_writes(self) -> list[IncompleteWrite]:
+        if not self.root.is_dir():
+            return []
+        return [
+            IncompleteWrite(
+                key=entry.name, since=datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+            )
+            for entry in os.scandir(self.root)
+            if PARTIAL_MARK in entry.name and entry.is_file()
+        ]
+
+    def abort_incomplete_write(self, write: IncompleteWrite) -> None:
+        (self.root / write.key).unlink(missing_ok=True)
 
     def _path(self, name: str) -> Path:
         if "/" in name or name in ("", ".", ".."):
@@ -287,15 +316,38 @@ class S3Destination(Destination):
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
-    def incomplete_uploads(self) -> list[dict[str, Any]]:
+    def incomplete_writes(self) -> list[IncompleteWrite]:
         """Multipart uploads under the prefix that were never completed or aborted."""
         prefix = f"{self.prefix}/" if self.prefix else ""
-        uploads: list[dict[str, Any]] = []
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        ):
-            uploads.extend(page.get("Uploads", []))
-        return uploads
+        found: list[IncompleteWrite] = []
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                found += [
+                    IncompleteWrite(key=u["Key"], upload_id=u["UploadId"], since=u["Initiated"])
+                    for u in page.get("Uploads", [])
+                ]
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise DbopsError(
+                f"listing incomplete uploads in s3://{self.bucket} failed "
+                f"({type(exc).__name__}); grant s3:ListBucketMultipartUploads or skip with "
+                "abort_uploads_older_than_hours left empty"
+            ) from None
+        return found
+
+    def abort_incomplete_write(self, write: IncompleteWrite) -> None:
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=write.key, UploadId=write.upload_id
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code != "NoSuchUpload":
+                raise DbopsError(
+                    f"aborting the upload of s3://{self.bucket}/{write.key} failed ({code}); "
+                    "grant s3:AbortMultipartUpload"
+                ) from None
 
 
 def _explain_s3_error(exc: Exception, bucket: str) -> DbopsError:
