@@ -87,6 +87,7 @@ def migrate(
     """Back up, migrate, verify; restore the backup if anything fails. Exit 0 only when the
     migration is applied and verified."""
     from flows.migrate import migrate_database
+    from tasks.migrations.outcomes import MigrationStatus
 
     use_database_url(database_url)
     if migrations and command:
@@ -112,29 +113,29 @@ def migrate(
         lock_retries=lock_retries,
         statement_timeout_seconds=statement_timeout,
     )
-    plan = result["plan"]
-    if result["status"] == "planned":
-        if plan["mode"] == "command":
-            lines = [f"would back up {plan['database']}, then run: {plan['command']}"]
+    plan = result.plan
+    if result.status == MigrationStatus.PLANNED:
+        if plan.mode == "command":
+            lines = [f"would back up {plan.database}, then run: {plan.command}"]
         else:
-            pending = plan["pending"]
-            lines = [f"{plan['database']}: {len(plan['applied'])} applied, {len(pending)} pending"]
+            lines = [f"{plan.database}: {len(plan.applied)} applied, {len(plan.pending)} pending"]
             lines += [
-                f"  {m['id']}  ({m['statements']} statements"
-                + ("" if m["transactional"] else ", outside a transaction")
+                f"  {m.id}  ({m.statements} statements"
+                + ("" if m.transactional else ", outside a transaction")
                 + ")"
-                for m in pending
+                for m in plan.pending
             ]
-    elif result["status"] == "up-to-date":
-        lines = [f"{plan['database']} is up to date; nothing was changed"]
+    elif result.status == MigrationStatus.UP_TO_DATE:
+        lines = [f"{plan.database} is up to date; nothing was changed"]
     else:
-        applied = [a["id"] for a in result.get("applied", [])] or [plan.get("command")]
+        applied = [a.id for a in result.applied or []] or [plan.command]
+        assert result.backup is not None
         lines = [
-            f"migrated {plan['database']}: {', '.join(map(str, applied))}",
-            f"  pre-migration backup {result['backup']['backup_id']} ({result['backup']['url']})",
-            f"  {len(result.get('checks', []))} checks passed",
+            f"migrated {plan.database}: {', '.join(map(str, applied))}",
+            f"  pre-migration backup {result.backup.backup_id} ({result.backup.url})",
+            f"  {len(result.checks or [])} checks passed",
         ]
-    emit(result, as_json, "\n".join(lines))
+    emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
 
 
 @app.command()
@@ -166,5 +167,9 @@ def reset(
     ):
         fail(f"reset of {name!r} cancelled; nothing was changed")
     result = run_flow(reset_database_flow, confirm=name, migrations=migrations)
-    applied = f", then applied {len(result['applied'])} migrations" if result["applied"] else ""
-    emit(result, as_json, f"reset {result['target']}: dropped and recreated{applied}")
+    applied = f", then applied {len(result.applied)} migrations" if result.applied else ""
+    emit(
+        result.model_dump(mode="json"),
+        as_json,
+        f"reset {result.target}: dropped and recreated{applied}",
+    )

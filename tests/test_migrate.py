@@ -21,16 +21,12 @@ from tasks.backup.manifest import list_manifests
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo
 from tasks.migrations.checks import builtin_checks, capture_baseline, sql_checks
+from tasks.migrations.files import discover_migrations
+from tasks.migrations.history import read_history, read_prisma_history
 from tasks.migrations.lock import migration_lock
-from tasks.migrations.runner import (
-    RunOptions,
-    apply_migration,
-    discover_migrations,
-    plan_directory,
-    read_history,
-    read_prisma_history,
-    split_statements,
-)
+from tasks.migrations.plan import plan_directory
+from tasks.migrations.runner import RunOptions, apply_migration
+from tasks.migrations.statements import split_statements
 from tasks.storage.destinations import Destination
 from tests.conftest import content_checksums, new_database, run_cli, schema_dump
 
@@ -333,19 +329,19 @@ def test_applies_verifies_and_records_the_run(prefect, app_db, tmp_path):
     )
     assert state.is_completed(), state.message
     summary = state.result()
-    assert summary["status"] == "applied"
-    assert [a["id"] for a in summary["applied"]] == [m.id for m in discover_migrations(root)]
-    assert [c["ok"] for c in summary["checks"]] == [True] * 4
+    assert summary.status == "applied"
+    assert [a.id for a in summary.applied] == [m.id for m in discover_migrations(root)]
+    assert [c.ok for c in summary.checks] == [True] * 4
     [manifest] = backups(where)
     assert manifest.labels == ["pre-migration", "target:20240102030406_index_messages"]
-    assert manifest.backup_id == summary["backup"]["backup_id"]
+    assert manifest.backup_id == summary.backup.backup_id
     assert "public.Conversation" not in manifest.row_counts  # taken before the migration
     rows = history(app_db)
     assert {r.applied_by for r in rows} == {str(state.state_details.flow_run_id)}
 
     again = migrate(database_url=app_db, backup_url=str(where), migrations=str(root))
     assert again.is_completed(), again.message
-    assert again.result()["status"] == "up-to-date"
+    assert again.result().status == "up-to-date"
     assert len(backups(where)) == 1  # nothing to do, nothing backed up
 
 
@@ -356,8 +352,8 @@ def test_dry_run_changes_nothing(prefect, app_db, tmp_path):
         database_url=app_db, backup_url=str(tmp_path / "b"), migrations=str(root), dry_run=True
     )
     assert state.is_completed(), state.message
-    plan = state.result()["plan"]
-    assert [m["id"] for m in plan["pending"]] == [m.id for m in discover_migrations(root)]
+    plan = state.result().plan
+    assert [m.id for m in plan.pending] == [m.id for m in discover_migrations(root)]
     assert snapshot(app_db) == before
     assert backups(tmp_path / "b") == []
     artifact = Artifact.get(f"migration-plan-{app_db.rsplit('/', 1)[-1].replace('_', '-')}")
@@ -500,7 +496,7 @@ def test_alembic_command_mode_applies_and_rolls_back(prefect, app_db, tmp_path):
         target_version="0002",
     )
     assert state.is_completed(), state.message
-    assert state.result()["command"]["exit_code"] == 0
+    assert state.result().command.exit_code == 0
     with ConnInfo.parse(app_db).connect() as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
         emails = [r[0] for r in conn.execute("SELECT email FROM accounts ORDER BY id")]

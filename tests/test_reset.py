@@ -69,7 +69,7 @@ def test_resets_a_dev_database_and_reapplies_migrations(prefect, pg, monkeypatch
         database_url=plain, confirm=name, migrations=str(root), return_state=True
     )
     assert state.is_completed(), state.message
-    assert state.result()["applied"] == ["0001_a"]
+    assert state.result().applied == ["0001_a"]
     assert set(content_checksums(plain)) == {"public.a", "public.dbops_schema_history"}
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 from pydantic import BaseModel, Field
 
-from tasks.core.errors import DbopsError, first_line
+from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.postgres import ConnInfo
-from tasks.migrations.runner import split_statements
+from tasks.migrations.statements import split_statements
 
 MAX_ROWS = 1000
 
@@ -111,11 +111,13 @@ def _shown(row: tuple) -> str:
 def read_checks_file(path: str) -> str:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DbopsError(f"verify SQL file {path!r} does not exist; pass a file of SQL queries")
+        raise ParameterError(
+            "verify_sql", f"file {path!r} does not exist; pass a file of SQL queries"
+        )
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise DbopsError(f"verify SQL file {path!r} is not UTF-8 text") from None
+        raise ParameterError("verify_sql", f"file {path!r} is not UTF-8 text") from None
 
 
 def sql_checks(

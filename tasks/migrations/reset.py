@@ -13,14 +13,25 @@ import re
 
 import psycopg
 from psycopg import sql
+from pydantic import BaseModel, Field
 
-from tasks.core.errors import DbopsError, first_line
+from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn
 from tasks.core.settings import Settings
 
 NON_PRODUCTION_ENVIRONMENTS = {"development", "dev", "test", "testing", "local", "ci"}
 NON_PRODUCTION_NAME = re.compile(r".+_(dev|test|local)$", re.IGNORECASE)
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
+
+
+class ResetResult(BaseModel):
+    """What the reset did, for the CLI and the run's result."""
+
+    database: str
+    target: str = Field(description="the database's URL without its password")
+    owner: str
+    non_production: str = Field(description="why the database counts as non-production")
+    applied: list[str] = Field(default_factory=list, description="migrations applied after")
 
 
 def non_production_reason(dbname: str, environment: str | None = None) -> str:
@@ -47,9 +58,10 @@ def non_production_reason(dbname: str, environment: str | None = None) -> str:
 
 def check_confirmation(dbname: str, confirm: str | None) -> None:
     if confirm != dbname:
-        raise DbopsError(
-            f"reset of {dbname!r} not confirmed; it deletes every object and row in it: "
-            f"pass confirm={dbname!r} (dbops reset asks, or takes --yes)"
+        raise ParameterError(
+            "confirm",
+            f"must be the database's name {dbname!r}: reset of {dbname!r} not confirmed, and "
+            "it deletes every object and row in it",
         )
 
 

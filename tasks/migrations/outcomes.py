@@ -1,0 +1,67 @@
+"""What a migration run returns and reports: a typed summary, not a dict read by key."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
+from tasks.migrations.checks import CheckResult
+from tasks.migrations.command import CommandResult
+from tasks.migrations.plan import MigrationPlan
+from tasks.migrations.runner import AppliedResult
+
+
+class MigrationStatus(StrEnum):
+    PLANNED = "planned"  # dry run: nothing changed
+    UP_TO_DATE = "up-to-date"  # nothing pending: checked, nothing backed up or changed
+    APPLIED = "applied"  # backed up, migrated and verified
+    FAILED = "failed"  # rolled back (or the rollback failed: see error)
+
+
+class PreMigrationBackup(BaseModel):
+    """The backup a failed migration is rolled back to."""
+
+    backup_id: str
+    url: str
+    sha256: str
+
+
+class RollbackOutcome(BaseModel):
+    """What restoring the pre-migration backup did, for the flow's final message."""
+
+    restored: bool
+    backup: PreMigrationBackup
+    seconds: float | None = None
+    error: str | None = None
+
+
+class MigrationSummary(BaseModel):
+    """The flow's result; the parts a run did not reach are absent from its JSON."""
+
+    status: MigrationStatus
+    database: str
+    mode: Literal["directory", "command"]
+    target_version: str
+    plan: MigrationPlan
+    backup: PreMigrationBackup | None = None
+    applied: list[AppliedResult] | None = None
+    command: CommandResult | None = None
+    checks: list[CheckResult] | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, plan: MigrationPlan, status: MigrationStatus) -> MigrationSummary:
+        return cls(
+            status=status,
+            database=plan.database,
+            mode=plan.mode,
+            target_version=plan.target_version,
+            plan=plan,
+        )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}

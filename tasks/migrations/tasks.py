@@ -1,0 +1,256 @@
+"""The migration's Prefect tasks: plan, pre-migration backup (and its rollback), apply, verify;
+and the dev reset.
+
+Every task loads its settings itself from the flow's parameters, so a password
+in DATABASE_URL or a Secret block never passes through Prefect. The backup
+task's rollback hook restores the backup it made when anything after it in the
+same Prefect transaction fails.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.transactions import Transaction, get_transaction
+from pydantic import BaseModel
+
+from tasks.backup.catalog import resolve_source
+from tasks.backup.compression import check_level
+from tasks.backup.tasks import take_backup
+from tasks.core.errors import BackupFaultError, DbopsError
+from tasks.core.settings import Settings
+from tasks.migrations.checks import (
+    CheckResult,
+    SchemaBaseline,
+    builtin_checks,
+    capture_baseline,
+    failure_summary,
+    sql_checks,
+)
+from tasks.migrations.command import CommandResult, run_command
+from tasks.migrations.files import Migration, discover_migrations
+from tasks.migrations.outcomes import PreMigrationBackup, RollbackOutcome
+from tasks.migrations.plan import MigrationPlan, build_plan
+from tasks.migrations.reset import (
+    ResetResult,
+    check_confirmation,
+    non_production_reason,
+    reset_database,
+)
+from tasks.migrations.runner import AppliedResult, RunOptions, apply_migration
+from tasks.restore.readback import read_back_dump
+from tasks.restore.restore import run_restore
+from tasks.storage.destinations import S3Options
+
+
+@task(name="plan-migrations", cache_policy=NO_CACHE)
+def plan_migrations(
+    database_url: str | None,
+    migrations: str | None,
+    command: str | None,
+    target_version: str | None,
+) -> tuple[MigrationPlan, SchemaBaseline]:
+    """Pending migrations (refusing checksum drift), and what was already broken before."""
+    logger = get_run_logger()
+    info = Settings.load(database_url).connection()
+    plan = build_plan(info, migrations, command, target_version)
+    if plan.mode == "directory":
+        if plan.applied_by_prisma:
+            logger.info(
+                "Already applied by Prisma (_prisma_migrations): %s",
+                ", ".join(plan.applied_by_prisma),
+            )
+        for migration_id in plan.out_of_order:
+            logger.warning("%s is numbered below an applied migration (out of order)", migration_id)
+        logger.info(
+            "%s: %d applied, %d pending: %s",
+            info.dbname,
+            len(plan.applied),
+            len(plan.pending),
+            ", ".join(m.id for m in plan.pending) or "none",
+        )
+    return plan, capture_baseline(info)
+
+
+class _RollbackStash(BaseModel):
+    """What the rollback hook needs to restore the backup; never the password."""
+
+    backup: PreMigrationBackup
+    database_url: str | None
+    backup_url: str | None
+    s3: S3Options
+
+
+@task(name="pre-migration-backup", cache_policy=NO_CACHE)
+def pre_migration_backup(
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    compression: str,
+    target_version: str,
+) -> PreMigrationBackup:
+    """Back up through the one backup path, then read it back: no backup, no migration."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url, backup_url, s3)
+    destination = settings.destination()
+    logger.info(
+        "Pre-migration backup of %s to %s", settings.connection().redacted(), destination.url
+    )
+    manifest = take_backup(
+        settings,
+        format="plain",
+        compression=compression,
+        level=check_level(compression, None),
+        labels=["pre-migration", f"target:{target_version}"],
+    )
+    url = destination.url_for(manifest.dump.name)
+    try:
+        read = read_back_dump(destination, manifest)
+    except BackupFaultError as exc:
+        raise BackupFaultError(
+            f"the pre-migration backup {url} does not read back as written ({exc}); nothing "
+            "was migrated: check the backup storage",
+            exc.check,
+        ) from None
+    logger.info(
+        "Backup %s verified readable: %d bytes, sha256 %s, %d tables",
+        manifest.backup_id,
+        read.raw_bytes,
+        manifest.dump.sha256,
+        len(manifest.row_counts),
+    )
+    backup = PreMigrationBackup(backup_id=manifest.backup_id, url=url, sha256=manifest.dump.sha256)
+    txn = get_transaction()
+    if txn is not None:
+        stash = _RollbackStash(
+            backup=backup, database_url=database_url, backup_url=backup_url, s3=settings.s3
+        )
+        txn.set("backup", stash)
+    return backup
+
+
+@pre_migration_backup.on_rollback
+def restore_pre_migration_backup(txn: Transaction) -> None:
+    """Put the database back as it was; record the outcome for the flow's final message."""
+    stash: _RollbackStash = txn.get("backup")
+    backup = stash.backup
+    logger = get_run_logger()
+    logger.warning("Rolling back: restoring pre-migration backup %s", backup.backup_id)
+    try:
+        settings = Settings.load(stash.database_url, stash.backup_url, stash.s3)
+        source = resolve_source(backup.backup_id, settings.backup_url, settings.s3)
+        result = run_restore(source, settings.connection(), clean=True)
+    except Exception as exc:  # noqa: BLE001 - reported loudly by the flow
+        logger.critical(
+            "ROLLBACK FAILED: restoring %s did not work (%s); the database may be half "
+            "migrated; the backup is at %s",
+            backup.backup_id,
+            exc,
+            backup.url,
+        )
+        txn.set("rollback", RollbackOutcome(restored=False, backup=backup, error=str(exc)))
+        return
+    logger.warning(
+        "Restored %s from %s (%d tables, checksum verified: %s)",
+        result.target,
+        backup.url,
+        result.tables,
+        result.checksum_verified,
+    )
+    txn.set("rollback", RollbackOutcome(restored=True, backup=backup, seconds=result.seconds))
+
+
+def rollback_outcome(txn: Transaction) -> RollbackOutcome | None:
+    """What the rollback hook recorded, if it ran."""
+    for child in txn.children:
+        outcome = child.get("rollback", None)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+@task(name="apply-migration", task_run_name="apply-{migration.id}", cache_policy=NO_CACHE)
+def apply_one(
+    database_url: str | None, migration: Migration, applied_by: str, options: RunOptions
+) -> AppliedResult:
+    logger = get_run_logger()
+    info = Settings.load(database_url).connection()
+    mode = "in a transaction" if migration.transactional else "outside a transaction"
+    logger.info("Applying %s (%d statements, %s)", migration.id, migration.statements, mode)
+    result = apply_migration(info, migration, applied_by, options, log=logger.info)
+    logger.info("Applied %s in %.2f s", migration.id, result.seconds)
+    return result
+
+
+@task(name="run-migration-command", cache_policy=NO_CACHE)
+def migration_command(
+    database_url: str | None, command: str, workdir: str | None, timeout_seconds: float
+) -> CommandResult:
+    logger = get_run_logger()
+    settings = Settings.load(database_url)
+    logger.info("Running %r with DATABASE_URL for %s", command, settings.connection().redacted())
+    return run_command(command, settings, workdir, timeout_seconds, logger.info)
+
+
+@task(name="verify-schema", cache_policy=NO_CACHE)
+def verify_schema(
+    database_url: str | None,
+    checks_sql: str | None,
+    checks_source: str,
+    verify_command: str | None,
+    workdir: str | None,
+    baseline: SchemaBaseline,
+    builtin: bool,
+    timeout_seconds: float,
+) -> list[CheckResult]:
+    """Every check runs (so the report lists them all); any failure fails the task."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url)
+    info = settings.connection()
+    results: list[CheckResult] = []
+    if builtin:
+        results += builtin_checks(info, baseline)
+    if checks_sql is not None:
+        results += sql_checks(info, checks_sql, checks_source)
+    if verify_command:
+        try:
+            run_command(
+                verify_command, settings, workdir, timeout_seconds, logger.info, "verify_command"
+            )
+            results.append(CheckResult(name=f"verify command {verify_command!r}", ok=True))
+        except DbopsError as exc:
+            results.append(CheckResult(name="verify command", ok=False, detail=str(exc)))
+    for result in results:
+        logger.info("%s %s %s", "PASS" if result.ok else "FAIL", result.name, result.detail)
+    summary = failure_summary(results)
+    if summary:
+        raise DbopsError(summary)
+    return results
+
+
+@task(name="drop-and-recreate-database", cache_policy=NO_CACHE)
+def drop_and_recreate(
+    database_url: str | None, confirm: str | None, migrations: str | None
+) -> ResetResult:
+    """Refuse production and unconfirmed targets, then reset and apply the migrations."""
+    logger = get_run_logger()
+    info = Settings.load(database_url).connection()
+    reason = non_production_reason(info.dbname)
+    check_confirmation(info.dbname, confirm)
+    found = discover_migrations(migrations) if migrations else []  # checked before the drop
+    logger.warning("Resetting %s (non-production: %s)", info.redacted(), reason)
+    owner = reset_database(info)
+    applied = []
+    for migration in found:
+        applied.append(
+            apply_migration(info, migration, str(flow_run.id or "reset"), RunOptions()).id
+        )
+        logger.info("Applied %s", migration.id)
+    return ResetResult(
+        database=info.dbname,
+        target=info.redacted(),
+        owner=owner,
+        non_production=reason,
+        applied=applied,
+    )
