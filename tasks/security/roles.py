@@ -27,7 +27,7 @@ from tasks.core.artifacts import artifact_key
 from tasks.core.errors import DbopsError, TransientError, first_line
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import Settings
-from tasks.health.checks import blocking_pairs, redact_sql
+from tasks.core.statistics import blocking_pairs, redact_sql
 
 SecretFormat = Literal["url", "password"]
 PROBE_PREFIX = "dbops_readonly_probe_"
