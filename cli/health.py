@@ -22,7 +22,7 @@ def parse_thresholds(pairs: list[str] | None) -> Any:
     from pydantic import ValidationError
 
     from tasks.core.settings import parse_tags
-    from tasks.health.checks import HealthThresholds
+    from tasks.health.model import HealthThresholds
 
     given = parse_tags(",".join(pairs or []))
     unknown = sorted(set(given) - set(HealthThresholds.model_fields))
@@ -66,7 +66,8 @@ def health(
         thresholds = parse_thresholds(threshold)
     except DbopsError as exc:
         fail(str(exc))
-    from flows.health import ICON, health_report
+    from flows.health import health_report
+    from tasks.health.report import ICON, HealthReport
 
     try:
         state = health_report(
@@ -79,16 +80,16 @@ def health(
     except DbopsError as exc:
         fail(str(exc))
     report = state.result(raise_on_failure=False)
-    if not isinstance(report, dict):
+    if not isinstance(report, HealthReport):
         message = str(report) if isinstance(report, BaseException) else state.message
         fail((message or state.name).strip().splitlines()[0])
-    lines = [f"health of {report['database']}: {report['status']}"]
-    for c in report["checks"]:
-        lines.append(f"  {ICON[c['status']]} {c['status']:<8} {c['name']:<26} {c['summary']}")
-        for finding in c["findings"][:5]:
+    lines = [f"health of {report.database}: {report.status}"]
+    for c in report.checks:
+        lines.append(f"  {ICON[c.status]} {c.status:<8} {c.name:<26} {c.summary}")
+        for finding in c.findings[:5]:
             named = {k: v for k, v in finding.items() if k in NAMED_KEYS}
             lines.append(f"        {named or finding}")
-    emit(report, as_json, "\n".join(lines))
+    emit(report.model_dump(mode="json"), as_json, "\n".join(lines))
     if not state.is_completed():
         say(f"error: {state.message}")
         raise typer.Exit(1)

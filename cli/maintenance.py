@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from cli.app import (
     use_database_url,
 )
 
+if TYPE_CHECKING:
+    from tasks.maintenance.report import MaintenanceReport
+
 TimeBudget = Annotated[
     float | None,
     typer.Option("--time-budget", help="minutes; start no new table/index after that"),
@@ -24,11 +27,14 @@ LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", help="seconds to wait for a lock, then skip")
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="only show what would be done")]
+Tables = Annotated[
+    list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
+]
 
 
-def maintenance_lines(report: dict[str, Any]) -> str:
-    lines = [report["summary"] + (" (dry run)" if report.get("dry_run") else "")]
-    for item in report["items"]:
+def maintenance_lines(report: MaintenanceReport) -> str:
+    lines = [report.summary + (" (dry run)" if report.dry_run else "")]
+    for item in report.items:
         sizes = ""
         if "size_mb_before" in item:
             sizes = f"  {item['size_mb_before']} -> {item.get('size_mb_after', '?')} MB"
@@ -42,13 +48,18 @@ def maintenance_lines(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _run(flow_fn: Any, database_url: str | None, as_json: bool, **parameters: Any) -> None:
+    """Run a maintenance flow and print its report."""
+    use_database_url(database_url)
+    report = run_flow(flow_fn, **parameters)
+    emit(report.model_dump(mode="json"), as_json, maintenance_lines(report))
+
+
 @app.command()
 def vacuum(
     database_url: DatabaseUrl = None,
     all_: Annotated[bool, typer.Option("--all", help="every table, like vacuumdb -z")] = False,
-    table: Annotated[
-        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
-    ] = None,
+    table: Tables = None,
     full: Annotated[
         bool, typer.Option("--full", help="VACUUM FULL: rewrites and LOCKS each table")
     ] = False,
@@ -60,11 +71,12 @@ def vacuum(
     """VACUUM (ANALYZE) the tables that need it, biggest payoff first (--all: every table)."""
     from flows.maintenance import FULL_WARNING, vacuum_analyze
 
-    use_database_url(database_url)
     if full:
         say(f"warning: {FULL_WARNING}")
-    report = run_flow(
+    _run(
         vacuum_analyze,
+        database_url,
+        as_json,
         all_tables=all_,
         tables=table,
         full=full,
@@ -72,16 +84,13 @@ def vacuum(
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))
 
 
 @app.command()
 def analyze(
     database_url: DatabaseUrl = None,
     all_: Annotated[bool, typer.Option("--all", help="every table, like `ANALYZE;`")] = False,
-    table: Annotated[
-        list[str] | None, typer.Option("--table", help="only this table, schema.table (repeat)")
-    ] = None,
+    table: Tables = None,
     time_budget: TimeBudget = None,
     lock_timeout: LockTimeout = 5.0,
     dry_run: DryRun = False,
@@ -90,16 +99,16 @@ def analyze(
     """ANALYZE the tables never analyzed or much changed since (--all: every table)."""
     from flows.maintenance import analyze as analyze_flow
 
-    use_database_url(database_url)
-    report = run_flow(
+    _run(
         analyze_flow,
+        database_url,
+        as_json,
         all_tables=all_,
         tables=table,
         time_budget_minutes=time_budget,
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))
 
 
 @app.command()
@@ -122,9 +131,10 @@ def reindex(
     """REINDEX INDEX CONCURRENTLY invalid and bloated indexes; drop leftover _ccnew copies."""
     from flows.maintenance import reindex as reindex_flow
 
-    use_database_url(database_url)
-    report = run_flow(
+    _run(
         reindex_flow,
+        database_url,
+        as_json,
         indexes=index,
         bloat_threshold_pct=bloat_threshold,
         min_index_mb=min_size_mb,
@@ -132,4 +142,3 @@ def reindex(
         lock_timeout_seconds=lock_timeout,
         dry_run=dry_run,
     )
-    emit(report, as_json, maintenance_lines(report))

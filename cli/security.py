@@ -51,16 +51,16 @@ def create_readonly_user_cmd(
         secret_format=store,
     )
     where = (
-        f"credentials in Prefect Secret {result['secret_block']!r}"
-        if result["secret_block"]
+        f"credentials in Prefect Secret {result.secret_block!r}"
+        if result.secret_block
         else "its password is unknown to dbops (set it with `dbops rotate-password`)"
     )
     lines = [
-        f"role {name!r} {'created' if result['created'] else 'already existed; grants refreshed'}"
-        f" in {result['database']}; {where}"
+        f"role {name!r} {'created' if result.created else 'already existed; grants refreshed'}"
+        f" in {result.database}; {where}"
     ]
-    lines += [f"  {c['check']}: {c['result']}" for c in result["checks"]]
-    emit(result, as_json, "\n".join(lines))
+    lines += [f"  {c.check}: {c.result}" for c in result.checks]
+    emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
 
 
 @app.command("rotate-password")
@@ -96,11 +96,11 @@ def rotate_password_cmd(
         aws_region=aws_region,
         aws_endpoint_url=aws_endpoint_url,
     )
-    where = f"Prefect Secret {result['secret_block']!r}"
-    if result["aws_secret_id"]:
-        where += f" and AWS secret {result['aws_secret_id']!r}"
+    where = f"Prefect Secret {result.secret_block!r}"
+    if result.aws_secret_id:
+        where += f" and AWS secret {result.aws_secret_id!r}"
     emit(
-        result,
+        result.model_dump(mode="json"),
         as_json,
         f"password of {role!r} rotated, login verified, stored in {where}; "
         "restart the application to use it",
@@ -124,10 +124,10 @@ def terminate_blocking_cmd(
     use_database_url(database_url)
     result = run_flow(terminate_blocking, min_blocked_seconds=min_blocked_seconds, confirm=yes)
     lines = [
-        f"pid {s['pid']} ({s['user']}, {s['state']}) blocks {s['blocked_pids']} for "
-        f"{s['longest_wait_seconds']} s: {s['action']}"
-        for s in result["sessions"]
+        f"pid {s.pid} ({s.user}, {s.state}) blocks {s.blocked_pids} for "
+        f"{s.longest_wait_seconds} s: {s.action}"
+        for s in result.sessions
     ] or [f"no session blocks others for more than {min_blocked_seconds:g} s"]
-    if result["sessions"] and not yes:
+    if result.sessions and not yes:
         lines.append("nothing terminated; pass --yes to terminate them")
-    emit(result, as_json, "\n".join(lines))
+    emit(result.model_dump(mode="json"), as_json, "\n".join(lines))

@@ -21,14 +21,10 @@ from flows.health import health_report
 from tasks.core.errors import DbopsError, TransientError
 from tasks.core.notify import failure_text, notify_failure, post_webhook, selected
 from tasks.core.postgres import ConnInfo
-from tasks.health.checks import (
-    CHECKS,
-    HealthThresholds,
-    PoolSettings,
-    redact_sql,
-    run_checks,
-    select_checks,
-)
+from tasks.core.statistics import redact_sql
+from tasks.health.checks import CHECKS, run_checks, select_checks
+from tasks.health.model import HealthCheck, HealthThresholds, PoolSettings
+from tasks.health.report import HealthReport
 from tests.conftest import new_database
 
 # Sensitive enough that every planted problem shows, used on the clean database too.
@@ -144,8 +140,8 @@ def clean_database(pg) -> str:
     return url
 
 
-def results_by_name(report: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in report["checks"]}
+def results_by_name(report: HealthReport) -> dict[str, HealthCheck]:
+    return {c.name: c for c in report.checks}
 
 
 def test_clean_database_passes_every_check(pg, prefect):
@@ -153,13 +149,11 @@ def test_clean_database_passes_every_check(pg, prefect):
     state = health_report(database_url=url, thresholds=SENSITIVE, return_state=True)
     assert state.is_completed(), state.message
     report = state.result()
-    assert [c["name"] for c in report["checks"]] == list(CHECKS)
-    noisy = {
-        c["name"]: c["findings"] for c in report["checks"] if c["status"] != "ok" or c["findings"]
-    }
+    assert [c.name for c in report.checks] == list(CHECKS)
+    noisy = {c.name: c.findings for c in report.checks if c.status != "ok" or c.findings}
     assert noisy == {}
-    assert report["status"] == "ok"
-    sizes = results_by_name(report)["index-sizes"]["details"]
+    assert report.status == "ok"
+    sizes = results_by_name(report)["index-sizes"].details
     assert {d["index"] for d in sizes} == {"accounts_pkey", "Message_pkey", "message_body"}
 
 
@@ -253,13 +247,13 @@ def test_planted_problems_are_found_and_nothing_else(pg, prefect, planted, tmp_p
     def named(check: str, *keys: str) -> set:
         return {
             tuple(f[k] for k in keys) if len(keys) > 1 else f[keys[0]]
-            for f in checks[check]["findings"]
+            for f in checks[check].findings
         }
 
-    assert checks["idle-in-transaction"]["status"] == "warning"
+    assert checks["idle-in-transaction"].status == "warning"
     assert named("idle-in-transaction", "pid") == {holder}
     assert named("long-running-queries", "pid") == {long_pid, waiter}
-    pairs = checks["blocking"]["findings"]
+    pairs = checks["blocking"].findings
     assert [(p["blocked_pid"], p["blocking_pid"], p["blocking_is_head"]) for p in pairs] == [
         (waiter, holder, True)
     ]
@@ -273,14 +267,14 @@ def test_planted_problems_are_found_and_nothing_else(pg, prefect, planted, tmp_p
     assert named("duplicate-indexes", "index", "covered_by") == {("pairs_a", "pairs_a_b")}
     assert named("invalid-indexes", "index") == {"pairs_a_unique"}
     assert named("index-bloat", "index") == {"bloated_payload", "bloated_pkey"}
-    assert min(f["bloat_pct"] for f in checks["index-bloat"]["findings"]) > 60
+    assert min(f["bloat_pct"] for f in checks["index-bloat"].findings) > 60
     assert named("table-bloat", "table") == {"bloated"}
     assert named("dead-tuples", "table") == {"churn"}
-    slow = checks["slow-queries"]["findings"]
+    slow = checks["slow-queries"].findings
     assert [q["query"] for q in slow] == ["SELECT pg_sleep($1)"]
     assert named("sequential-scans", "table") == {"events"}
-    assert any("kind" in q for q in checks["sequential-scans"]["findings"][0]["queries"])
-    seqs = {f["sequence"]: f for f in checks["sequences"]["findings"]}
+    assert any("kind" in q for q in checks["sequential-scans"].findings[0]["queries"])
+    seqs = {f["sequence"]: f for f in checks["sequences"].findings}
     assert set(seqs) == {"order_no", "wide_seq"}
     assert seqs["order_no"]["status"] == "critical"
     assert seqs["wide_seq"]["status"] == "warning"  # bigint sequence, int column
@@ -289,9 +283,9 @@ def test_planted_problems_are_found_and_nothing_else(pg, prefect, planted, tmp_p
     assert named("invalid-constraints", "constraint") == {"events_id_positive"}
     assert named("replication-slots", "slot") == {"dbops_test_slot"}
     pool = checks["connection-pool"]
-    assert pool["status"] == "critical" and pool["findings"][0]["planned_connections"] == 120
-    assert checks["transaction-id-wraparound"]["status"] == "ok"
-    assert checks["connections"]["status"] == "ok"
+    assert pool.status == "critical" and pool.findings[0]["planned_connections"] == 120
+    assert checks["transaction-id-wraparound"].status == "ok"
+    assert checks["connections"].status == "ok"
 
     # The markdown summary and one table per check are in the Prefect API.
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from flows.maintenance import FULL_WARNING, analyze, reindex, vacuum_analyze
 from tasks.core.postgres import ConnInfo
 from tasks.core.slots import database_slot
-from tasks.health.checks import invalid_indexes
-from tasks.maintenance.vacuum import IndexCandidate, VacuumThresholds, run_reindex
+from tasks.core.statistics import invalid_indexes
+from tasks.maintenance.reindex import IndexCandidate, run_reindex
+from tasks.maintenance.vacuum import VacuumThresholds
 from tests.conftest import new_database
 from tests.test_health import connect, flow_run_artifacts, flow_run_logs, flush_stats, issue5_cli
 
@@ -71,7 +72,7 @@ def dusty(pg) -> str:
 def test_targeted_vacuum_takes_the_biggest_payoff_first(pg, prefect, dusty):
     state = vacuum_analyze(database_url=dusty, thresholds=LOW, return_state=True)
     assert state.is_completed(), state.message
-    items = state.result()["items"]
+    items = state.result().items
     assert [(i["target"], i["action"], i["status"]) for i in items] == [
         ("public.big_dead", "VACUUM (ANALYZE)", "done"),
         (f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}", "VACUUM (ANALYZE)", "done"),
@@ -103,13 +104,13 @@ def test_time_budget_and_all_tables(pg, prefect, dusty):
         database_url=dusty, thresholds=LOW, time_budget_minutes=1e-6, return_state=True
     )
     assert state.is_completed(), state.message
-    statuses = [i["status"] for i in state.result()["items"]]
+    statuses = [i["status"] for i in state.result().items]
     assert statuses[0] == "done"
     assert statuses[1:] == ["skipped: time budget spent"] * 3
 
     state = vacuum_analyze(database_url=dusty, all_tables=True, return_state=True)
     assert state.is_completed(), state.message
-    items = state.result()["items"]
+    items = state.result().items
     assert {i["target"] for i in items} == {
         "public.big_dead",
         "public.small_dead",
@@ -150,7 +151,7 @@ def test_vacuum_full_only_when_asked_one_table_at_a_time_under_lock_timeout(pg, 
         reader.close()
     assert state.is_failed()
     assert state.message.startswith("1 of 2 not processed: public.busy (locked")
-    bloaty, busy = state.result(raise_on_failure=False)["items"]
+    bloaty, busy = state.result(raise_on_failure=False).items
     assert (bloaty["action"], bloaty["status"]) == ("VACUUM (FULL, ANALYZE)", "done")
     assert bloaty["size_mb_after"] < bloaty["size_mb_before"] * 0.4
     assert busy["status"].startswith("locked: lock not granted within 0.5 s")
@@ -170,7 +171,7 @@ def test_analyze_refreshes_stale_and_missing_statistics_only(pg, prefect):
         flush_stats(conn)
     state = analyze(database_url=url, thresholds=LOW, return_state=True)
     assert state.is_completed(), state.message
-    items = state.result()["items"]
+    items = state.result().items
     assert {(i["target"], i["action"], i["status"]) for i in items} == {
         ("public.stale", "ANALYZE", "done"),
         ("public.never", "ANALYZE", "done"),
@@ -180,7 +181,7 @@ def test_analyze_refreshes_stale_and_missing_statistics_only(pg, prefect):
     assert stats(url, "fresh")["mods"] == 0
 
     state = analyze(database_url=url, all_tables=True, dry_run=True, return_state=True)
-    items = state.result()["items"]
+    items = state.result().items
     assert {i["target"] for i in items} == {
         "public.fresh",
         "public.stale",
@@ -254,7 +255,7 @@ def test_reindex_rebuilds_invalid_and_bloated_and_drops_leftovers(pg, prefect, i
         dry_run=True,
         return_state=True,
     )
-    planned = {i["target"]: i["action"] for i in dry.result()["items"]}
+    planned = {i["target"]: i["action"] for i in dry.result().items}
     assert planned == {
         "public.t_kind_ccnew": "DROP INDEX CONCURRENTLY",
         "public.t_later": "REINDEX INDEX CONCURRENTLY",
@@ -266,7 +267,7 @@ def test_reindex_rebuilds_invalid_and_bloated_and_drops_leftovers(pg, prefect, i
 
     state = reindex(database_url=indexed, bloat_threshold_pct=50, min_index_mb=0, return_state=True)
     assert state.is_completed(), state.message
-    items = {i["target"]: i for i in state.result()["items"]}
+    items = {i["target"]: i for i in state.result().items}
     assert {i["status"] for i in items.values()} == {"done"}
     after = index_state(indexed)
     assert set(after) == {"t_pkey", "t_kind", HOSTILE_INDEX, "t_later"}
@@ -276,7 +277,7 @@ def test_reindex_rebuilds_invalid_and_bloated_and_drops_leftovers(pg, prefect, i
     assert after[HOSTILE_INDEX][1] < before[HOSTILE_INDEX][1] * 0.5
 
     again = reindex(database_url=indexed, bloat_threshold_pct=50, min_index_mb=0, return_state=True)
-    assert again.result()["items"] == []  # nothing left to do
+    assert again.result().items == []  # nothing left to do
 
     # A rebuild that cannot get its locks in time leaves no _ccnew copy behind.
     writer = connect(indexed, autocommit=False)
@@ -291,7 +292,7 @@ def test_reindex_rebuilds_invalid_and_bloated_and_drops_leftovers(pg, prefect, i
     # Dropping the copy waits for the same writer: it is left for the next run, which drops it.
     assert outcome.note.startswith("leftover t_kind_ccnew remains (canceling statement due to lock")
     state = reindex(database_url=indexed, min_index_mb=1000, return_state=True)
-    assert [(i["target"], i["status"]) for i in state.result()["items"]] == [
+    assert [(i["target"], i["status"]) for i in state.result().items] == [
         ("public.t_kind_ccnew", "done")
     ]
     assert set(index_state(indexed)) == {"t_pkey", "t_kind", HOSTILE_INDEX, "t_later"}

@@ -18,14 +18,10 @@ from flows.security import create_readonly_user, rotate_password, terminate_bloc
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo
 from tasks.demo.sample_data import create_sample_database
-from tasks.security.roles import (
-    AwsSecretTarget,
-    create_readonly_role,
-    default_secret_block,
-    login_as,
-    password_from_secret,
-    rotate_role_password,
-)
+from tasks.security.readonly import create_readonly_role
+from tasks.security.roles import default_secret_block, login_as
+from tasks.security.rotation import rotate_role_password
+from tasks.security.secret_stores import AwsSecretTarget, password_from_secret
 from tests.conftest import new_database
 from tests.test_health import (
     blocked_session,
@@ -56,7 +52,7 @@ def assert_never_leaked(password: str, url: str, state) -> None:
     assert artifacts
     for artifact in artifacts:
         assert password not in json.dumps(artifact.data) + str(artifact.description)
-    assert password not in json.dumps(state.result(raise_on_failure=False), default=str)
+    assert password not in state.result(raise_on_failure=False).model_dump_json()
     with connect(url) as conn:
         leaks = conn.execute(
             "SELECT count(*) FROM pg_stat_statements WHERE strpos(query, %s) > 0", [password]
@@ -87,13 +83,13 @@ def test_readonly_role_reads_todays_and_tomorrows_tables_and_cannot_write(pg, pr
     state = create_readonly_user(role=role, database_url=app_db, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    assert result["created"] and result["checked_by"] == "login" and result["ok"]
-    assert {"postgres", owner} <= set(result["owners"])
-    assert [c["result"] for c in result["checks"]] == ["ok", "ok"] + ["ok: permission denied"] * (
-        len(result["checks"]) - 2
+    assert result.created and result.checked_by == "login" and result.ok
+    assert {"postgres", owner} <= set(result.owners)
+    assert [c.result for c in result.checks] == ["ok", "ok"] + ["ok: permission denied"] * (
+        len(result.checks) - 2
     )
-    assert any(c["check"].startswith("DELETE from public.Message") for c in result["checks"])
-    block = result["secret_block"]
+    assert any(c.check.startswith("DELETE from public.Message") for c in result.checks)
+    block = result.secret_block
     assert block == default_secret_block(ConnInfo.parse(app_db).dbname, role)
     stored = secret_value(block)
     password = password_from_secret(stored)
@@ -131,7 +127,7 @@ def test_readonly_role_reads_todays_and_tomorrows_tables_and_cannot_write(pg, pr
     # Idempotent: a second run keeps the password and refreshes the grants.
     again = create_readonly_user(role=role, database_url=app_db, return_state=True)
     assert again.is_completed(), again.message
-    assert again.result()["created"] is False and again.result()["ok"]
+    assert again.result().created is False and again.result().ok
     assert secret_value(block) == stored
 
 
@@ -152,7 +148,7 @@ def test_readonly_refuses_powerful_roles_and_bad_input(pg, prefect, app_db):
         conn.execute(sql.SQL('GRANT DELETE ON "User" TO {}').format(sql.Identifier(leaky)))
     result = create_readonly_role(info, leaky, ["public"])
     assert not result.ok
-    assert {c["check"]: c["result"] for c in result.checks}[
+    assert {c.check: c.result for c in result.checks}[
         "DELETE from public.User"
     ] == "failed: DELETE was allowed"
     state = create_readonly_user(
@@ -197,8 +193,8 @@ def test_rotate_password_proves_login_and_stores_it_in_prefect_and_aws(
     )
     assert state.is_completed(), state.message
     result = state.result()
-    assert result["login_verified"] and result["aws_secret_id"] == secret_id
-    new = password_from_secret(secret_value(result["secret_block"]))
+    assert result.login_verified and result.aws_secret_id == secret_id
+    new = password_from_secret(secret_value(result.secret_block))
     assert new != initial and len(new) >= 40
     with login_as(info, role, new) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == role
@@ -219,7 +215,7 @@ def test_rotate_password_proves_login_and_stores_it_in_prefect_and_aws(
         return_state=True,
     )
     assert second.is_completed(), second.message
-    newer = secret_value(second.result()["secret_block"])
+    newer = secret_value(second.result().secret_block)
     assert newer not in (new, initial)
     previous = aws.get_secret_value(SecretId=secret_id, VersionStage="AWSPREVIOUS")
     assert json.loads(previous["SecretString"])["password"] == new
@@ -266,21 +262,21 @@ def test_terminate_blocking_reports_first_and_ends_only_the_chain_head(pg, prefe
         )
         assert state.is_completed(), state.message
         report = state.result()
-        assert report["terminated"] == []
-        assert [(s["pid"], s["blocked_pids"], s["action"]) for s in report["sessions"]] == [
+        assert report.terminated == []
+        assert [(s.pid, s.blocked_pids, s.action) for s in report.sessions] == [
             (holder, [waiter], "would terminate (confirmation not given)")
         ]
-        assert "balance + 1" in report["sessions"][0]["query"]
+        assert "balance + 1" in report.sessions[0].query
 
         patient = terminate_blocking(
             database_url=empty_db, min_blocked_seconds=3600, confirm=True, return_state=True
         )
-        assert patient.result()["sessions"] == []
+        assert patient.result().sessions == []
 
         done = terminate_blocking(
             database_url=empty_db, min_blocked_seconds=0.5, confirm=True, return_state=True
         )
-        assert [s["pid"] for s in done.result()["terminated"]] == [holder]
+        assert [s.pid for s in done.result().terminated] == [holder]
         with connect(empty_db) as conn:
             alive = {r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity").fetchall()}
             assert holder not in alive

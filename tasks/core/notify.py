@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tasks.core.errors import DbopsError, TransientError
+from tasks.core.errors import ConfigError, TransientError
 
 WEBHOOK_ENV = "DBOPS_WEBHOOK_URL"
 FLOWS_ENV = "DBOPS_NOTIFY_FLOWS"
@@ -28,7 +28,7 @@ _PASSWORD = re.compile(r"(password\s*[=:]\s*)\S+", re.I)
 def post_webhook(url: str, text: str, timeout: float = 10.0) -> int:
     """POST {"text": ...} as JSON (Slack, Mattermost, Teams workflows, Discord /slack)."""
     if not url.startswith(("https://", "http://")):
-        raise DbopsError(f"{WEBHOOK_ENV} must be an http(s) URL or secret://BLOCK")
+        raise ConfigError(f"{WEBHOOK_ENV} must be an http(s) URL or secret://BLOCK")
     body = json.dumps({"text": text}).encode()
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -37,7 +37,7 @@ def post_webhook(url: str, text: str, timeout: float = 10.0) -> int:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return int(response.status)
     except urllib.error.HTTPError as exc:
-        raise DbopsError(f"webhook answered HTTP {exc.code}; check the webhook URL") from None
+        raise ConfigError(f"webhook answered HTTP {exc.code}; check the webhook URL") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransientError(f"webhook unreachable ({reason})") from None
@@ -59,10 +59,8 @@ def failure_text(flow_name: str, run_name: str, state_name: str, message: str, l
     return text + (f" <{link}|open run>" if link else "")
 
 
-def _run_link(flow_run: Any) -> str:
-    from tasks.core.settings import Settings
-
-    ui = Settings.from_env().ui_url or ""
+def _run_link(flow_run: Any, ui_url: str | None) -> str:
+    ui = ui_url or ""
     if not ui:
         from prefect.settings import PREFECT_UI_URL
 
@@ -89,7 +87,7 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
             flow_run.name,
             state.name,
             state.message or state.name,
-            _run_link(flow_run),
+            _run_link(flow_run, settings.ui_url),
         )
         post_webhook(url, text)
         logger.info("failure of %s reported to the webhook", flow.name)
