@@ -13,30 +13,34 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Literal
+from typing import IO
 
 import zstandard
 from isal import isal_zlib
 from zlib_ng import zlib_ng as zlib
 
-from tasks.core.errors import DbopsError
+from tasks.core.errors import BackupCheck, BackupFaultError, DbopsError, ParameterError
 
-Compression = Literal["gzip", "zstd", "none"]
 DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3, "none": 0}
 LEVEL_RANGES: dict[str, tuple[int, int]] = {"gzip": (1, 9), "zstd": (1, 19), "none": (0, 0)}
-SUFFIXES: dict[str, str] = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-GZIP_MEMBER_SIZE = 4 * 1024 * 1024
+
+
+def _unknown(compression: str) -> DbopsError:
+    return DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
 
 
 def check_level(compression: str, level: int | None) -> int:
+    """The level to use: the codec's default, or `level` if the codec has it."""
     if compression not in DEFAULT_LEVELS:
-        raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+        raise ParameterError(
+            "compression", f"{compression!r} is an unknown compression; use gzip, zstd or none"
+        )
     if level is None:
         return DEFAULT_LEVELS[compression]
     low, high = LEVEL_RANGES[compression]
     if not low <= level <= high:
-        raise DbopsError(
-            f"compression level {level} is out of range for {compression}; use {low}..{high}"
+        raise ParameterError(
+            "level", f"{level} is out of range for {compression}; use {low}..{high}"
         )
     return level
 
@@ -90,7 +94,7 @@ def compress_stream(
         return zstd_stream(chunks, level, threads)
     if compression == "none":
         return chunks
-    raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+    raise _unknown(compression)
 
 
 class DecompressingReader:
@@ -105,7 +109,7 @@ class DecompressingReader:
         elif compression == "zstd":
             self._zstd = zstandard.ZstdDecompressor().decompressobj()
         elif compression != "none":
-            raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+            raise _unknown(compression)
 
     def _gunzip(self, data: bytes) -> bytes:
         out = []
@@ -119,7 +123,9 @@ class DecompressingReader:
                 self._gz = zlib.decompressobj(31)
                 self._member_open = False
         except zlib.error as exc:
-            raise DbopsError(f"the gzip stream is corrupt ({exc})") from None
+            raise BackupFaultError(
+                f"the gzip stream is corrupt ({exc})", BackupCheck.ARCHIVE
+            ) from None
         return b"".join(out)
 
     def _unzstd(self, data: bytes) -> bytes:
@@ -134,13 +140,16 @@ class DecompressingReader:
                 self._zstd = zstandard.ZstdDecompressor().decompressobj()
                 self._member_open = False
         except zstandard.ZstdError as exc:
-            raise DbopsError(f"the zstd stream is corrupt ({exc})") from None
+            raise BackupFaultError(
+                f"the zstd stream is corrupt ({exc})", BackupCheck.ARCHIVE
+            ) from None
         return b"".join(out)
 
     def _finish(self) -> None:
         if self._member_open:
-            raise DbopsError(
-                f"the {self.compression} stream is truncated: its last frame is incomplete"
+            raise BackupFaultError(
+                f"the {self.compression} stream is truncated: its last frame is incomplete",
+                BackupCheck.ARCHIVE,
             )
 
     def read_chunk(self, size: int) -> bytes:
