@@ -256,7 +256,7 @@ def test_an_unreachable_verify_server_records_nothing_about_the_backup(
         return_state=True,
     )  # fmt: skip
     assert with_password.is_failed()
-    assert "verify_database_url parameter contains a password" in error_of(with_password)
+    assert "verify_database_url contains a password" in error_of(with_password)
     assert "s3cret" not in error_of(with_password)
 
 
