@@ -13,7 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO
+from typing import IO, Any
 
 import zstandard
 from isal import isal_zlib
@@ -104,44 +104,32 @@ class DecompressingReader:
         self.raw = raw
         self.compression = compression
         self._member_open = False
-        if compression == "gzip":
-            self._gz = zlib.decompressobj(31)
-        elif compression == "zstd":
-            self._zstd = zstandard.ZstdDecompressor().decompressobj()
-        elif compression != "none":
+        if compression not in ("gzip", "zstd", "none"):
             raise _unknown(compression)
+        self._frame = self._new_frame()
 
-    def _gunzip(self, data: bytes) -> bytes:
+    def _new_frame(self) -> Any:
+        if self.compression == "gzip":
+            return zlib.decompressobj(31)
+        if self.compression == "zstd":
+            return zstandard.ZstdDecompressor().decompressobj()
+        return None
+
+    def _decompress(self, data: bytes) -> bytes:
+        """Every frame (gzip member, zstd frame) in `data`, a new one after each ends."""
         out = []
         try:
             while data:
                 self._member_open = True
-                out.append(self._gz.decompress(data))
-                if not self._gz.eof:
+                out.append(self._frame.decompress(data))
+                if not self._frame.eof:
                     break
-                data = self._gz.unused_data
-                self._gz = zlib.decompressobj(31)
+                data = self._frame.unused_data
+                self._frame = self._new_frame()
                 self._member_open = False
-        except zlib.error as exc:
+        except (zlib.error, zstandard.ZstdError) as exc:
             raise BackupFaultError(
-                f"the gzip stream is corrupt ({exc})", BackupCheck.ARCHIVE
-            ) from None
-        return b"".join(out)
-
-    def _unzstd(self, data: bytes) -> bytes:
-        out = []
-        try:
-            while data:
-                self._member_open = True
-                out.append(self._zstd.decompress(data))
-                if not self._zstd.eof:
-                    break
-                data = self._zstd.unused_data
-                self._zstd = zstandard.ZstdDecompressor().decompressobj()
-                self._member_open = False
-        except zstandard.ZstdError as exc:
-            raise BackupFaultError(
-                f"the zstd stream is corrupt ({exc})", BackupCheck.ARCHIVE
+                f"the {self.compression} stream is corrupt ({exc})", BackupCheck.ARCHIVE
             ) from None
         return b"".join(out)
 
@@ -159,11 +147,6 @@ class DecompressingReader:
             if not data:
                 self._finish()
                 return b""
-            if self.compression == "gzip":
-                out = self._gunzip(data)
-            elif self.compression == "zstd":
-                out = self._unzstd(data)
-            else:
-                out = data
+            out = data if self.compression == "none" else self._decompress(data)
             if out:
                 return out
