@@ -64,7 +64,8 @@ def backup(
         s3=s3,
         retries=retries,
     )
-    emit(manifest, as_json, f"backup {manifest['backup_id']} stored: {manifest['dump']['name']}")
+    human = f"backup {manifest.backup_id} stored: {manifest.dump.name}"
+    emit(manifest.model_dump(mode="json"), as_json, human)
 
 
 @app.command("list")

@@ -6,12 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
-    JsonFlag,
-    app,
-    emit,
-    run_flow,
-)
+from cli.app import JsonFlag, app, emit, run_flow
 
 
 @app.command()
@@ -27,16 +22,16 @@ def demo(
     summary = run_flow(demo_flow, workdir=workdir, size_mb=size_mb)
     lines = [
         "dbops demo: embedded PostgreSQL, database ai_saas (User, Conversation, Message)",
-        f"  backed up   {summary['dump_mb']} MB of SQL -> {summary['stored_mb']} MB gzip "
-        f"in {summary['backup_seconds']} s",
-        f"  backup      {summary['backup']}",
-        f"  manifest    {summary['manifest']}",
-        f"  restored    into ai_saas_restored in {summary['restore_seconds']} s, "
-        f"SHA-256 verified: {summary['checksum_verified']}",
+        f"  backed up   {summary.dump_mb} MB of SQL -> {summary.stored_mb} MB gzip "
+        f"in {summary.backup_seconds} s",
+        f"  backup      {summary.backup}",
+        f"  manifest    {summary.manifest}",
+        f"  restored    into ai_saas_restored in {summary.restore_seconds} s, "
+        f"SHA-256 verified: {summary.checksum_verified}",
     ]
     lines += [
         f"  {table:<22} {counts[0]:>9} rows, restored {counts[1]}"
-        for table, counts in summary["row_counts"].items()
+        for table, counts in summary.row_counts.items()
     ]
-    lines.append("  row counts match. Try: gunzip -c " + summary["backup"] + " | head")
-    emit(summary, as_json, "\n".join(lines))
+    lines.append("  row counts match. Try: gunzip -c " + summary.backup + " | head")
+    emit(summary.model_dump(mode="json"), as_json, "\n".join(lines))

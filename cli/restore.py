@@ -47,7 +47,7 @@ def restore(
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
     )
-    emit(result, as_json, f"restored {result['source']} into {result['target']}")
+    emit(result.model_dump(mode="json"), as_json, f"restored {result.source} into {result.target}")
 
 
 @app.command()
@@ -99,4 +99,5 @@ def verify(
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
     )
-    emit(result, as_json, f"backup {result['backup_id']} verified: {result['detail']}")
+    human = f"backup {result.backup_id} verified: {result.detail}"
+    emit(result.model_dump(mode="json"), as_json, human)

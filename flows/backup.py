@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from prefect import flow
+from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from tasks.backup.compression import check_level
+from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
-from tasks.core.errors import DbopsError
+from tasks.core.errors import ParameterError
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
 from tasks.storage.destinations import S3Options
@@ -37,14 +39,14 @@ def backup_database(
     slot_wait_seconds: Annotated[
         float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
     ] = 3600,
-) -> dict:
+) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
-        raise DbopsError(f"unknown format {format!r}; use plain or custom")
+        raise ParameterError("format", f"{format!r} is unknown; use plain or custom")
     level = check_level(compression, level)
-    manifest = dump_database.with_options(
-        retries=retries, retry_delay_seconds=_backoff(retry_delay_seconds, retries)
+    return dump_database.with_options(
+        retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds)
     )(
         database_url,
         backup_url,
@@ -56,8 +58,3 @@ def backup_database(
         include_globals,
         slot_wait_seconds,
     )
-    return manifest.model_dump(mode="json")
-
-
-def _backoff(first: float, retries: int) -> list[float]:
-    return [first * (2**attempt) for attempt in range(max(retries, 1))]

@@ -32,25 +32,25 @@ def restore(**kwargs):
 def test_backup_writes_dump_and_manifest_last(prefect, sample_db, tmp_path):
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path))
     files = sorted(p.name for p in tmp_path.iterdir())
-    backup_id = manifest["backup_id"]
+    backup_id = manifest.backup_id
     assert files == [f"{backup_id}.manifest.json", f"{backup_id}.sql.gz"]
     dump = tmp_path / f"{backup_id}.sql.gz"
-    assert manifest["dump"]["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
-    assert manifest["dump"]["size"] == dump.stat().st_size
-    assert manifest["dump"]["raw_size"] == len(gzip.decompress(dump.read_bytes()))
-    assert manifest["row_counts"] == {
+    assert manifest.dump.sha256 == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert manifest.dump.size == dump.stat().st_size
+    assert manifest.dump.raw_size == len(gzip.decompress(dump.read_bytes()))
+    assert manifest.row_counts == {
         table: count for table, (count, _) in content_checksums(sample_db).items()
     }
-    assert manifest["format"] == "plain" and manifest["compression"] == "gzip"
-    assert manifest["server_version"].startswith("18")
-    assert "password" not in json.dumps(manifest).lower()
+    assert manifest.format == "plain" and manifest.compression == "gzip"
+    assert manifest.server_version.startswith("18")
+    assert "password" not in manifest.model_dump_json().lower()
 
 
 def test_guide_restore_gunzip_into_psql_reads_our_file(prefect, pg, sample_db, tmp_path):
     """The guide's own restore, `gunzip -c file | psql`, works on a dbops backup."""
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path))
     target = new_database(pg, "guide")
-    dump = tmp_path / manifest["dump"]["name"]
+    dump = tmp_path / manifest.dump.name
     sql = subprocess.run(["gunzip", "-c", str(dump)], capture_output=True, check=True).stdout
     psql(target, "-q", input=sql.decode())
     assert content_checksums(target) == content_checksums(sample_db)
@@ -66,8 +66,8 @@ def test_pagila_round_trip(prefect, pg, pagila_db, tmp_path, fmt, compression):
         database_url=pagila_db, backup_url=str(tmp_path), format=fmt, compression=compression
     )
     target = new_database(pg, "restored")
-    result = restore(source=manifest["backup_id"], database_url=target, backup_url=str(tmp_path))
-    assert result["checksum_verified"] is True
+    result = restore(source=manifest.backup_id, database_url=target, backup_url=str(tmp_path))
+    assert result.checksum_verified is True
     assert schema_dump(target) == schema_dump(pagila_db)
     assert content_checksums(target) == content_checksums(pagila_db)
 
@@ -78,21 +78,21 @@ def test_backup_to_s3_is_read_back_by_the_aws_cli(prefect, sample_db, bucket, s3
         backup_url=f"s3://{bucket}/nightly",
         s3={"sse": "AES256", "storage_class": "STANDARD_IA", "tags": {"team": "db", "env": "test"}},
     )
-    key = f"nightly/{manifest['dump']['name']}"
+    key = f"nightly/{manifest.dump.name}"
     listing = subprocess.run(
         ["aws", "s3", "ls", f"s3://{bucket}/nightly/", "--endpoint-url", s3_server],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert manifest["dump"]["name"] in listing
-    assert f"{manifest['backup_id']}.manifest.json" in listing
+    assert manifest.dump.name in listing
+    assert f"{manifest.backup_id}.manifest.json" in listing
     body = subprocess.run(
         ["aws", "s3", "cp", f"s3://{bucket}/{key}", "-", "--endpoint-url", s3_server],
         capture_output=True,
         check=True,
     ).stdout
-    assert hashlib.sha256(body).hexdigest() == manifest["dump"]["sha256"]
+    assert hashlib.sha256(body).hexdigest() == manifest.dump.sha256
     assert b'CREATE TABLE public."Message"' in gzip.decompress(body)
     head = s3_client.head_object(Bucket=bucket, Key=key)
     assert head["ServerSideEncryption"] == "AES256"
@@ -108,7 +108,7 @@ def test_restore_from_s3_latest(prefect, pg, sample_db, bucket):
     result = restore(
         source="latest", database_url=target, backup_url=f"s3://{bucket}/p", from_database=source_db
     )
-    assert result["checksum_verified"]
+    assert result.checksum_verified
     assert content_checksums(target) == content_checksums(sample_db)
 
 
@@ -152,10 +152,10 @@ def test_globals_dump_has_the_roles(prefect, pg, sample_db, tmp_path):
     ):
         conn.execute("DROP ROLE IF EXISTS app_reader; CREATE ROLE app_reader LOGIN")
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path), include_globals=True)
-    globals_file = tmp_path / manifest["globals"]["name"]
+    globals_file = tmp_path / manifest.globals.name
     text = gzip.decompress(globals_file.read_bytes()).decode()
     assert "CREATE ROLE app_reader" in text
-    assert manifest["globals"]["sha256"] == hashlib.sha256(globals_file.read_bytes()).hexdigest()
+    assert manifest.globals.sha256 == hashlib.sha256(globals_file.read_bytes()).hexdigest()
 
 
 def test_cross_version_pg15_server(prefect, pg15, pg, tmp_path):
@@ -166,11 +166,11 @@ def test_cross_version_pg15_server(prefect, pg15, pg, tmp_path):
     source = new_database(pg15, "old")
     create_sample_database(ConnInfo.parse(source), size_mb=1)
     manifest = backup(database_url=source, backup_url=str(tmp_path))
-    assert manifest["server_version"].startswith("15")
-    assert int(manifest["pg_dump_version"].split(".")[0]) >= 15
+    assert manifest.server_version.startswith("15")
+    assert int(manifest.pg_dump_version.split(".")[0]) >= 15
     for cluster in (pg15, pg):
         target = new_database(cluster, "new")
-        restore(source=manifest["backup_id"], database_url=target, backup_url=str(tmp_path))
+        restore(source=manifest.backup_id, database_url=target, backup_url=str(tmp_path))
         assert content_checksums(target) == content_checksums(source)
 
 
@@ -178,7 +178,7 @@ def test_listing_ignores_dumps_without_manifest(prefect, sample_db, tmp_path):
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path))
     (tmp_path / "ai_saas_20200101_000000.sql.gz").write_bytes(gzip.compress(b"select 1;"))
     listed = list_manifests(Destination.from_url(str(tmp_path)))
-    assert [m.backup_id for m in listed] == [manifest["backup_id"]]
+    assert [m.backup_id for m in listed] == [manifest.backup_id]
 
 
 def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, tmp_path):
@@ -195,9 +195,9 @@ def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, t
     mine = [a for a in artifacts if a.flow_run_id == run_id or a.task_run_id in task_run_ids]
     table = next(a for a in mine if a.type == "table")
     rows = {row["item"]: row["value"] for row in json.loads(table.data)}
-    assert rows["backup"] == manifest["backup_id"]
-    assert rows["sha256"] == manifest["dump"]["sha256"]
-    assert rows["location"].endswith(manifest["dump"]["name"])
+    assert rows["backup"] == manifest.backup_id
+    assert rows["sha256"] == manifest.dump.sha256
+    assert rows["location"].endswith(manifest.dump.name)
     progress = next(a for a in mine if a.type == "progress")
     assert float(progress.data) == 100.0
 

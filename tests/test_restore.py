@@ -35,7 +35,7 @@ def test_refuses_to_overwrite_a_non_empty_database(prefect, pg, sample_db, tmp_p
     target = new_database(pg, "busy")
     make_table(target, 5)
     before = content_checksums(target)
-    state = run_restore(source=manifest["backup_id"], database_url=target, backup_url=str(tmp_path))
+    state = run_restore(source=manifest.backup_id, database_url=target, backup_url=str(tmp_path))
     assert state.is_failed()
     assert "is not empty" in state.message and "--clean" in state.message
     assert content_checksums(target) == before
@@ -46,17 +46,17 @@ def test_clean_replaces_the_database(prefect, pg, sample_db, tmp_path):
     target = new_database(pg, "replace")
     make_table(target, 5)
     state = run_restore(
-        source=manifest["backup_id"], database_url=target, backup_url=str(tmp_path), clean=True
+        source=manifest.backup_id, database_url=target, backup_url=str(tmp_path), clean=True
     )
     assert state.is_completed(), state.message
-    assert state.result()["replaced_existing"] is True
+    assert state.result().replaced_existing is True
     assert content_checksums(target) == content_checksums(sample_db)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupt_backup_is_refused_and_target_untouched(prefect, pg, sample_db, tmp_path, damage):
     manifest = run_backup(sample_db, tmp_path)
-    dump = tmp_path / manifest["dump"]["name"]
+    dump = tmp_path / manifest.dump.name
     data = bytearray(dump.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0xFF
@@ -67,7 +67,7 @@ def test_corrupt_backup_is_refused_and_target_untouched(prefect, pg, sample_db, 
     make_table(target, 7)
     before = content_checksums(target)
     state = run_restore(
-        source=manifest["backup_id"], database_url=target, backup_url=str(tmp_path), clean=True
+        source=manifest.backup_id, database_url=target, backup_url=str(tmp_path), clean=True
     )
     assert state.is_failed()
     assert any(word in state.message for word in ("SHA-256", "corrupt", "truncated", "bytes but"))
@@ -93,7 +93,7 @@ def test_restores_a_dump_made_by_the_guides_own_script(prefect, pg, sample_db, t
     target = new_database(pg, "fromguide")
     state = run_restore(source=str(guide_file), database_url=target)
     assert state.is_completed(), state.message
-    assert state.result()["checksum_verified"] is False
+    assert state.result().checksum_verified is False
     assert content_checksums(target) == content_checksums(sample_db)
 
 
@@ -122,7 +122,7 @@ def test_latest_picks_the_newest_backup_of_the_database(prefect, pg, sample_db, 
         from_database=sample_db.rsplit("/", 1)[-1],
     )
     assert state.is_completed(), state.message
-    assert state.result()["backup_id"] == newest["backup_id"]
+    assert state.result().backup_id == newest.backup_id
     assert content_checksums(target)["public.keepme"][0] == 3
 
 

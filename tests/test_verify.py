@@ -91,15 +91,15 @@ def test_verify_latest_restores_checks_records_and_drops_the_scratch(
 
     assert state.is_completed(), state
     result = state.result()
-    assert result["ok"] is True and result["backup_id"] == manifest.backup_id
-    assert result["checksum_verified"] and result["archive_read"] and result["row_counts_match"]
-    assert result["globals_checked"] is True
-    assert result["tables"] == len(manifest.row_counts) == 3
-    assert [s["ok"] for s in result["smoke"]] == [True, True]
-    assert result["smoke"][1]["value"] == str(manifest.row_counts["public.User"])
+    assert result.ok is True and result.backup_id == manifest.backup_id
+    assert result.checksum_verified and result.archive_read and result.row_counts_match
+    assert result.globals_checked is True
+    assert result.tables == len(manifest.row_counts) == 3
+    assert [s.ok for s in result.smoke] == [True, True]
+    assert result.smoke[1].value == str(manifest.row_counts["public.User"])
     record = sidecar(destination, manifest)
     assert record.ok and record.sha256 == manifest.dump.sha256
-    assert record.recorded_at is None and result["recorded_at"].endswith(VERIFIED_SUFFIX)
+    assert record.recorded_at is None and result.recorded_at.endswith(VERIFIED_SUFFIX)
     (listed,) = list_manifests(destination)
     assert listed.verification and listed.verification.ok
     assert (
@@ -123,10 +123,10 @@ def test_verify_a_backup_on_s3_on_a_separate_verify_server(prefect, pg, original
         verify_database_url=pg.url("postgres", password=""),
     )
 
-    assert result["ok"] and result["checksum_verified"]
-    assert result["server"].startswith(pg.url("postgres", password="").rsplit("/", 1)[0])
-    assert f"/{manifest.database}__dbops_verify_" in result["server"]
-    assert result["recorded_at"] == f"{url}/{manifest.backup_id}{VERIFIED_SUFFIX}"
+    assert result.ok and result.checksum_verified
+    assert result.server.startswith(pg.url("postgres", password="").rsplit("/", 1)[0])
+    assert f"/{manifest.database}__dbops_verify_" in result.server
+    assert result.recorded_at == f"{url}/{manifest.backup_id}{VERIFIED_SUFFIX}"
     assert sidecar(destination, manifest).ok
     assert list_manifests(destination)[0].verification.ok  # type: ignore[union-attr]
     assert scratch_databases(pg) == []
@@ -256,7 +256,7 @@ def test_an_unreachable_verify_server_records_nothing_about_the_backup(
         return_state=True,
     )  # fmt: skip
     assert with_password.is_failed()
-    assert "verify_database_url parameter contains a password" in error_of(with_password)
+    assert "verify_database_url contains a password" in error_of(with_password)
     assert "s3cret" not in error_of(with_password)
 
 

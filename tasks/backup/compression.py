@@ -13,30 +13,34 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Literal
+from typing import IO, Any
 
 import zstandard
 from isal import isal_zlib
 from zlib_ng import zlib_ng as zlib
 
-from tasks.core.errors import DbopsError
+from tasks.core.errors import BackupCheck, BackupFaultError, DbopsError, ParameterError
 
-Compression = Literal["gzip", "zstd", "none"]
 DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3, "none": 0}
 LEVEL_RANGES: dict[str, tuple[int, int]] = {"gzip": (1, 9), "zstd": (1, 19), "none": (0, 0)}
-SUFFIXES: dict[str, str] = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-GZIP_MEMBER_SIZE = 4 * 1024 * 1024
+
+
+def _unknown(compression: str) -> DbopsError:
+    return DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
 
 
 def check_level(compression: str, level: int | None) -> int:
+    """The level to use: the codec's default, or `level` if the codec has it."""
     if compression not in DEFAULT_LEVELS:
-        raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+        raise ParameterError(
+            "compression", f"{compression!r} is an unknown compression; use gzip, zstd or none"
+        )
     if level is None:
         return DEFAULT_LEVELS[compression]
     low, high = LEVEL_RANGES[compression]
     if not low <= level <= high:
-        raise DbopsError(
-            f"compression level {level} is out of range for {compression}; use {low}..{high}"
+        raise ParameterError(
+            "level", f"{level} is out of range for {compression}; use {low}..{high}"
         )
     return level
 
@@ -90,7 +94,7 @@ def compress_stream(
         return zstd_stream(chunks, level, threads)
     if compression == "none":
         return chunks
-    raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+    raise _unknown(compression)
 
 
 class DecompressingReader:
@@ -100,47 +104,40 @@ class DecompressingReader:
         self.raw = raw
         self.compression = compression
         self._member_open = False
-        if compression == "gzip":
-            self._gz = zlib.decompressobj(31)
-        elif compression == "zstd":
-            self._zstd = zstandard.ZstdDecompressor().decompressobj()
-        elif compression != "none":
-            raise DbopsError(f"unknown compression {compression!r}; use gzip, zstd or none")
+        if compression not in ("gzip", "zstd", "none"):
+            raise _unknown(compression)
+        self._frame = self._new_frame()
 
-    def _gunzip(self, data: bytes) -> bytes:
+    def _new_frame(self) -> Any:
+        if self.compression == "gzip":
+            return zlib.decompressobj(31)
+        if self.compression == "zstd":
+            return zstandard.ZstdDecompressor().decompressobj()
+        return None
+
+    def _decompress(self, data: bytes) -> bytes:
+        """Every frame (gzip member, zstd frame) in `data`, a new one after each ends."""
         out = []
         try:
             while data:
                 self._member_open = True
-                out.append(self._gz.decompress(data))
-                if not self._gz.eof:
+                out.append(self._frame.decompress(data))
+                if not self._frame.eof:
                     break
-                data = self._gz.unused_data
-                self._gz = zlib.decompressobj(31)
+                data = self._frame.unused_data
+                self._frame = self._new_frame()
                 self._member_open = False
-        except zlib.error as exc:
-            raise DbopsError(f"the gzip stream is corrupt ({exc})") from None
-        return b"".join(out)
-
-    def _unzstd(self, data: bytes) -> bytes:
-        out = []
-        try:
-            while data:
-                self._member_open = True
-                out.append(self._zstd.decompress(data))
-                if not self._zstd.eof:
-                    break
-                data = self._zstd.unused_data
-                self._zstd = zstandard.ZstdDecompressor().decompressobj()
-                self._member_open = False
-        except zstandard.ZstdError as exc:
-            raise DbopsError(f"the zstd stream is corrupt ({exc})") from None
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise BackupFaultError(
+                f"the {self.compression} stream is corrupt ({exc})", BackupCheck.ARCHIVE
+            ) from None
         return b"".join(out)
 
     def _finish(self) -> None:
         if self._member_open:
-            raise DbopsError(
-                f"the {self.compression} stream is truncated: its last frame is incomplete"
+            raise BackupFaultError(
+                f"the {self.compression} stream is truncated: its last frame is incomplete",
+                BackupCheck.ARCHIVE,
             )
 
     def read_chunk(self, size: int) -> bytes:
@@ -150,11 +147,6 @@ class DecompressingReader:
             if not data:
                 self._finish()
                 return b""
-            if self.compression == "gzip":
-                out = self._gunzip(data)
-            elif self.compression == "zstd":
-                out = self._unzstd(data)
-            else:
-                out = data
+            out = data if self.compression == "none" else self._decompress(data)
             if out:
                 return out

@@ -1,11 +1,12 @@
-"""The backup report a person reads in the Prefect UI: sizes, speeds, checksum, location."""
+"""The backup reports a person reads in the Prefect UI: sizes, speeds, checksum, location."""
 
 from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
+from tasks.backup.fleet import FleetBackup
 from tasks.backup.manifest import Manifest
-from tasks.core.artifacts import artifact_key
+from tasks.core.artifacts import artifact_key, publish_table
 
 
 def backup_table(manifest: Manifest, location: str) -> list[dict[str, object]]:
@@ -43,4 +44,12 @@ def publish_backup_report(manifest: Manifest, location: str) -> None:
         backup_table(manifest, location),
         key=f"backup-{artifact_key(manifest.database)}",
         description=f"Backup {manifest.backup_id} of {manifest.database}",
+    )
+
+
+def publish_fleet_report(results: list[FleetBackup]) -> None:
+    publish_table(
+        [result.model_dump(mode="json") for result in results],
+        key="backup-fleet",
+        description=f"Backup of {len(results)} databases",
     )

@@ -6,14 +6,19 @@ maintenance, a restore or a migration of the same database, whoever started it.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 
+from tasks.backup.fleet import FleetBackup
 from tasks.backup.manifest import Manifest
 from tasks.backup.pipeline import BackupRequest, run_backup
 from tasks.backup.report import publish_backup_report
 from tasks.core.artifacts import ProgressReporter
-from tasks.core.errors import retry_transient
+from tasks.core.errors import DbopsError, retry_transient
 from tasks.core.settings import Settings
 from tasks.core.slots import database_slot
 from tasks.storage.destinations import S3Options
@@ -75,4 +80,38 @@ def dump_database(
     settings = Settings.load(database_url, backup_url, s3)
     return take_backup(
         settings, format, compression, level, labels, include_globals, slot_wait_seconds
+    )
+
+
+@task(name="backup-one", cache_policy=NO_CACHE, task_run_name="backup {database_url}")
+def backup_one(
+    database_url: str,
+    backup_url: str | None,
+    deployment: str | None,
+    timeout_seconds: float,
+    retries: int,
+    backup_flow: Callable[..., Manifest],
+) -> FleetBackup:
+    """One database of a fleet: a run of `deployment` on any worker, or `backup_flow` here."""
+    started = time.monotonic()
+    if not deployment:
+        manifest = backup_flow(database_url=database_url, backup_url=backup_url, retries=retries)
+        return FleetBackup(
+            database=database_url,
+            backup_id=manifest.backup_id,
+            size=manifest.dump.size,
+            seconds=round(time.monotonic() - started, 1),
+        )
+    parameters = {"database_url": database_url}
+    if backup_url:
+        parameters["backup_url"] = backup_url
+    run = run_deployment(deployment, parameters=parameters, timeout=timeout_seconds)
+    # run_deployment never raises on a failed run: the state says what happened. Its
+    # result lives with the worker that ran it, so the run's name is what we report.
+    if run.state is None or not run.state.is_completed():
+        name = run.state.name if run.state else "unknown"
+        message = run.state.message if run.state else None
+        raise DbopsError(f"{deployment} run {run.name} ended {name}: {message}")
+    return FleetBackup(
+        database=database_url, flow_run=run.name, seconds=round(time.monotonic() - started, 1)
     )

@@ -31,28 +31,37 @@ class ReadBack:
     tail: bytes
 
 
+def check_stored(where: str, hashing: HashingReader, info: ObjectInfo, advice: str = "") -> None:
+    """Raise BackupFaultError unless the bytes read through `hashing` are the object `info` says."""
+    if hashing.size != info.size:
+        raise BackupFaultError(
+            f"{where} is {hashing.size} bytes but its manifest says {info.size}; the object is "
+            f"truncated or replaced{advice}",
+            BackupCheck.SHA256,
+        )
+    if hashing.hexdigest() != info.sha256:
+        raise BackupFaultError(
+            f"{where} fails its SHA-256 check (corrupt or replaced object){advice}",
+            BackupCheck.SHA256,
+        )
+
+
 def read_back(destination: Destination, info: ObjectInfo, compression: str) -> ReadBack:
-    """Read the whole object; raise BackupFaultError unless size and SHA-256 match `info`."""
+    """Read the whole object; raise BackupFaultError unless it decompresses and matches `info`."""
     where = destination.url_for(info.name)
     head, tail, raw_size = b"", b"", 0
     with destination.open_read(info.name) as raw:
         hashing = HashingReader(raw)
         reader = DecompressingReader(hashing, compression)
-        while chunk := reader.read_chunk(CHUNK_SIZE):
-            if len(head) < 16:
-                head += chunk[: 16 - len(head)]
-            tail = (tail + chunk)[-512:]
-            raw_size += len(chunk)
-    if hashing.size != info.size:
-        raise BackupFaultError(
-            f"{where} is {hashing.size} bytes but its manifest says {info.size}; the object is "
-            "truncated or replaced",
-            BackupCheck.SHA256,
-        )
-    if hashing.hexdigest() != info.sha256:
-        raise BackupFaultError(
-            f"{where} fails its SHA-256 check (corrupt or replaced object)", BackupCheck.SHA256
-        )
+        try:
+            while chunk := reader.read_chunk(CHUNK_SIZE):
+                if len(head) < 16:
+                    head += chunk[: 16 - len(head)]
+                tail = (tail + chunk)[-512:]
+                raw_size += len(chunk)
+        except BackupFaultError as exc:
+            raise BackupFaultError(f"{where}: {exc}", exc.check) from None
+    check_stored(where, hashing, info)
     return ReadBack(hashing.size, raw_size, hashing.hexdigest(), head, tail)
 
 

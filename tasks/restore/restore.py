@@ -13,21 +13,23 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from dataclasses import dataclass, field
 
 from psycopg import sql
+from pydantic import BaseModel, Field
 
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
 from tasks.backup.pipeline import table_row_counts
 from tasks.core.client_tools import find_client_tool
-from tasks.core.errors import DbopsError
+from tasks.core.errors import BackupCheck, BackupFaultError, ConfigError
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn, server_version
 from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
+from tasks.restore.readback import check_stored
 
 
-@dataclass
-class RestoreResult:
+class RestoreResult(BaseModel):
+    """What a restore did; `target` is the URL without its password."""
+
     source: str
     target: str
     backup_id: str | None
@@ -37,7 +39,7 @@ class RestoreResult:
     checksum_verified: bool
     row_counts_checked: bool
     tables: int
-    mismatched_tables: dict[str, list[int]] = field(default_factory=dict)
+    mismatched_tables: dict[str, list[int]] = Field(default_factory=dict)
     replaced_existing: bool = False
 
 
@@ -91,19 +93,11 @@ def restore_command(source: BackupSource, major: int) -> list[str]:
 
 
 def _check_integrity(source: BackupSource, reader: HashingReader) -> bool:
-    manifest = source.manifest
-    if manifest is None:
+    """False when there is no manifest to check against; raises when the check fails."""
+    if source.manifest is None:
         return False
-    if reader.size != manifest.dump.size:
-        raise DbopsError(
-            f"{source.url} is {reader.size} bytes but its manifest says {manifest.dump.size}; "
-            "the object is truncated or replaced, restore another backup"
-        )
-    if reader.hasher.hexdigest() != manifest.dump.sha256:
-        raise DbopsError(
-            f"{source.url} fails its SHA-256 check (corrupt object); nothing was restored, "
-            "restore another backup"
-        )
+    advice = "; nothing was restored, restore another backup"
+    check_stored(source.url, reader, source.manifest.dump, advice)
     return True
 
 
@@ -136,7 +130,9 @@ def stream_into(
             process.stdin.close()
         code = process.wait()
         if code != 0:
-            raise DbopsError(f"{tool} stopped at the first error: {tail.last(secret)}")
+            raise BackupFaultError(
+                f"{tool} stopped at the first error: {tail.last(secret)}", BackupCheck.RESTORE
+            )
         return reader, verified
     finally:
         if process.poll() is None:
@@ -154,7 +150,7 @@ def run_restore(source: BackupSource, target: ConnInfo, clean: bool = False) -> 
         if exists:
             objects = user_object_count(target)
             if objects and not clean:
-                raise DbopsError(
+                raise ConfigError(
                     f"database {target.dbname!r} is not empty ({objects} objects); pass --clean "
                     "to replace it, or restore into another database"
                 )
@@ -168,9 +164,10 @@ def run_restore(source: BackupSource, target: ConnInfo, clean: bool = False) -> 
             reader, verified = stream_into(source, argv, scratch.child_env(), target.password)
             mismatched, counted = _compare_counts(source, scratch)
             if mismatched:
-                raise DbopsError(
+                raise BackupFaultError(
                     f"restored row counts differ from the manifest in {len(mismatched)} tables "
-                    f"(e.g. {next(iter(mismatched))}); the backup is inconsistent"
+                    f"(e.g. {next(iter(mismatched))}); the backup is inconsistent",
+                    BackupCheck.ROW_COUNTS,
                 )
         except BaseException:
             if into != target.dbname:

@@ -24,11 +24,16 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from tasks.backup.catalog import BackupSource
-from tasks.backup.compression import DecompressingReader
 from tasks.backup.manifest import VERIFIED_SUFFIX, ObjectInfo
-from tasks.core.errors import DbopsError, TransientError, first_line
+from tasks.core.errors import (
+    BackupCheck,
+    BackupFaultError,
+    DbopsError,
+    SurroundingsError,
+    first_line,
+)
 from tasks.core.postgres import ConnInfo, maintenance_conn, server_version
-from tasks.core.streams import CHUNK_SIZE, HashingReader
+from tasks.restore.readback import read_back
 from tasks.restore.restore import restore_command, run_restore
 from tasks.storage.destinations import Destination
 
@@ -53,7 +58,7 @@ class VerificationRecord(BaseModel):
     dump_url: str = ""
     sha256: str | None = None
     server: str = Field("", description="the scratch database's URL, without password")
-    failed_check: str | None = None
+    failed_check: BackupCheck | None = None
     checksum_verified: bool = False
     archive_read: bool = False
     row_counts_match: bool = False
@@ -77,37 +82,15 @@ def sidecar_name(backup_id: str) -> str:
     return backup_id + VERIFIED_SUFFIX
 
 
-def _failed_check(reason: str) -> str:
-    """Which check a restore error belongs to, for the record and the report."""
-    text = reason.lower()
-    if text.startswith("globals"):
-        return "globals"
-    if "sha-256" in text or "bytes but its manifest says" in text:
-        return "sha256"
-    if "corrupt" in text or "truncated" in text:
-        return "archive"
-    if "row counts" in text:
-        return "row_counts"
-    return "restore"
-
-
-def check_object(destination: Destination, info: ObjectInfo, compression: str) -> None:
-    """Size, SHA-256 and a full decompression of a small companion object (the globals)."""
+def check_globals(destination: Destination, info: ObjectInfo) -> None:
+    """The roles/tablespaces object: present, size and SHA-256 as written, a whole gzip stream."""
+    where = destination.url_for(info.name)
+    if not destination.exists(info.name):
+        raise BackupFaultError(f"globals object {where} is missing", BackupCheck.GLOBALS)
     try:
-        with destination.open_read(info.name) as raw:
-            hashing = HashingReader(raw)
-            reader = DecompressingReader(hashing, compression)
-            while reader.read_chunk(CHUNK_SIZE):
-                pass
-    except TransientError:
-        raise
-    except DbopsError as exc:
-        raise DbopsError(f"globals object {destination.url_for(info.name)}: {exc}") from None
-    if hashing.size != info.size or hashing.hasher.hexdigest() != info.sha256:
-        raise DbopsError(
-            f"globals object {destination.url_for(info.name)} fails its size/SHA-256 check "
-            "(corrupt or replaced)"
-        )
+        read_back(destination, info, "gzip")
+    except BackupFaultError as exc:
+        raise BackupFaultError(f"globals object {exc}", BackupCheck.GLOBALS) from None
 
 
 def run_smoke_queries(target: ConnInfo, queries: list[str]) -> list[SmokeResult]:
@@ -152,7 +135,7 @@ def verify_restore(
         dbops_version=__version__,
     )
     if manifest is None:
-        record.failed_check = "manifest"
+        record.failed_check = BackupCheck.MANIFEST
         record.detail = (
             f"{source.url} has no dbops manifest, so its checksum and row counts cannot be "
             "checked: it is not a verifiable backup"
@@ -171,7 +154,7 @@ def verify_restore(
         try:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
         except psycopg.Error as exc:
-            raise DbopsError(
+            raise SurroundingsError(
                 f"cannot create a scratch database on {server.redacted()} ({first_line(exc)}); "
                 "grant CREATEDB or set VERIFY_DATABASE_URL to a server where dbops may"
             ) from None
@@ -181,7 +164,7 @@ def verify_restore(
             try:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
             except psycopg.Error as exc:
-                raise DbopsError(
+                raise SurroundingsError(
                     f"could not drop the scratch database {scratch.dbname!r} "
                     f"({first_line(exc)}); drop it by hand"
                 ) from None
@@ -197,15 +180,13 @@ def _check_backup(
     assert manifest is not None
     try:
         if manifest.globals is not None:
-            check_object(source.destination, manifest.globals, "gzip")
+            check_globals(source.destination, manifest.globals)
             record.globals_checked = True
         result = run_restore(source, scratch)
-    except TransientError:
-        raise
-    except DbopsError as exc:
+    except BackupFaultError as exc:  # anything else is the surroundings' fault: raised
         record.detail = str(exc)
-        record.failed_check = _failed_check(record.detail)
-        if record.failed_check == "globals":
+        record.failed_check = exc.check
+        if exc.check is BackupCheck.GLOBALS:
             record.globals_checked = False
         return
     record.checksum_verified = result.checksum_verified
@@ -217,10 +198,10 @@ def _check_backup(
     record.smoke = run_smoke_queries(scratch, smoke_queries) if smoke_queries else []
     failed = [s for s in record.smoke if not s.ok]
     if not result.checksum_verified:
-        record.failed_check = "sha256"
+        record.failed_check = BackupCheck.SHA256
         record.detail = "the SHA-256 of the dump could not be checked"
     elif failed:
-        record.failed_check = "smoke"
+        record.failed_check = BackupCheck.SMOKE
         record.detail = f"smoke query {failed[0].query!r} failed: {failed[0].value}" + (
             f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         )
@@ -239,40 +220,3 @@ def write_verification(destination: Destination, record: VerificationRecord) -> 
     name = sidecar_name(record.backup_id)
     destination.write_bytes(name, record.model_dump_json(indent=2).encode())
     return destination.url_for(name)
-
-
-def verification_markdown(record: VerificationRecord) -> str:
-    """What a person reads at a glance in the Prefect UI."""
-    name = record.backup_id or record.dump
-    if record.ok:
-        lines = [
-            f"## ✅ Backup `{name}` restores",
-            "",
-            f"Restored into the throw-away database `{record.server}` in "
-            f"{record.restore_seconds:.1f} s, then dropped.",
-            "",
-            "| check | result |",
-            "|---|---|",
-            "| SHA-256 and size of the stored object match the manifest | ✅ |",
-            "| the whole archive reads and replays without error | ✅ |",
-            f"| row counts of {record.tables} tables ({record.rows:,} rows) match | ✅ |",
-        ]
-        if record.globals_checked:
-            lines.append("| roles/tablespaces object (globals) reads, SHA-256 matches | ✅ |")
-        lines += [f"| smoke query `{s.query}` | ✅ `{s.value}` |" for s in record.smoke]
-    else:
-        lines = [
-            f"## ❌ Backup `{name}` FAILED verification",
-            "",
-            f"**Why:** {record.detail}",
-            "",
-            f"Failed check: `{record.failed_check}`. Do not count on this backup for a restore; "
-            "the newest backup that passed is shown by `dbops list`.",
-        ]
-        lines += [
-            f"- smoke query `{s.query}`: {'✅' if s.ok else '❌'} `{s.value}`" for s in record.smoke
-        ]
-    lines += ["", f"Object: `{record.dump_url}`"]
-    if record.recorded_at:
-        lines.append(f"Result recorded in `{record.recorded_at}`.")
-    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The restore side's Prefect tasks: a restore into a database, a restore test, its record.
+
+Settings are loaded inside the tasks, so a password never passes through
+Prefect parameters; only transient failures are retried.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.backup.catalog import resolve_source
+from tasks.core.errors import retry_transient
+from tasks.core.settings import Settings
+from tasks.restore.restore import RestoreResult, run_restore
+from tasks.restore.restore_test import VerificationRecord, verify_restore, write_verification
+from tasks.storage.destinations import S3Options
+
+
+@task(name="restore-backup", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def restore_backup(
+    source: str,
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    clean: bool,
+    from_database: str | None,
+) -> RestoreResult:
+    logger = get_run_logger()
+    settings = Settings.load(database_url, backup_url, s3)
+    target = settings.connection()
+    backup = resolve_source(
+        source, settings.backup_url, settings.s3, from_database or target.dbname
+    )
+    logger.info("Restoring %s into %s", backup.url, target.redacted())
+    if backup.manifest is None:
+        logger.warning("%s has no dbops manifest: its checksum cannot be verified", backup.url)
+    result = run_restore(backup, target, clean=clean)
+    logger.info(
+        "Restored %d tables in %.1f s (checksum verified: %s)",
+        result.tables,
+        result.seconds,
+        result.checksum_verified,
+    )
+    return result
+
+
+@task(name="restore-test", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def restore_test(
+    source: str,
+    database_url: str | None,
+    verify_database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    database: str | None,
+    smoke_queries: list[str],
+) -> tuple[VerificationRecord, str]:
+    """Restore into a scratch database and check; returns the record and the backup's place."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url, backup_url, s3, verify_database_url)
+    server = settings.scratch_server()
+    whose = database
+    if whose is None and settings.database_url:
+        whose = settings.connection().dbname
+    backup = resolve_source(source, settings.backup_url, settings.s3, whose)
+    logger.info("Verifying %s in a scratch database on %s", backup.url, server.redacted())
+    record = verify_restore(backup, server, smoke_queries)
+    logger.info("Verification of %s: %s", backup.url, "OK" if record.ok else record.detail)
+    return record, backup.destination.url
+
+
+@task(name="record-verification", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def record_verification(record: VerificationRecord, location: str, s3: S3Options | None) -> str:
+    """Write the sidecar next to the backup; returns where."""
+    settings = Settings.load(None, location, s3)
+    return write_verification(settings.destination(), record)
