@@ -60,12 +60,32 @@ def use_database_url(url: str | None) -> None:
         os.environ["DATABASE_URL"] = url
 
 
+# Flow parameters whose command-line spelling is not `--` plus the name with dashes.
+FLAGS = {
+    "checks": "--check",
+    "confirm": "--yes",
+    "include_globals": "--globals",
+    "indexes": "--index",
+    "labels": "--label",
+    "owners": "--owner",
+    "role": "ROLE",
+    "schemas": "--schema",
+    "secret_format": "--store",
+    "smoke_queries": "--smoke",
+    "tables": "--table",
+}
+
+
+def flag_of(parameter: str) -> str:
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def error_line(error: BaseException) -> str:
     """One line for the terminal; a parameter is named by its flag, as the user typed it."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, ParameterError):
         for name in (error.parameter, *error.related):
-            text = re.sub(rf"\b{re.escape(name)}\b", "--" + name.replace("_", "-"), text)
+            text = re.sub(rf"\b{re.escape(name)}\b", flag_of(name), text)
     return text
 
 

@@ -225,5 +225,3 @@ def rich_db(pg: LocalCluster) -> str:
     psql(url, "-q", "-f", str(DATA / "rich_schema.sql"))
     return url
 
-
-pagila_db = rich_db  # the name older tests use

@@ -61,15 +61,15 @@ def test_guide_restore_gunzip_into_psql_reads_our_file(prefect, pg, sample_db, t
     ("fmt", "compression"),
     [("plain", "gzip"), ("plain", "zstd"), ("plain", "none"), ("custom", "gzip")],
 )
-def test_pagila_round_trip(prefect, pg, pagila_db, tmp_path, fmt, compression):
+def test_rich_schema_round_trip(prefect, pg, rich_db, tmp_path, fmt, compression):
     manifest = backup(
-        database_url=pagila_db, backup_url=str(tmp_path), format=fmt, compression=compression
+        database_url=rich_db, backup_url=str(tmp_path), format=fmt, compression=compression
     )
     target = new_database(pg, "restored")
     result = restore(source=manifest.backup_id, database_url=target, backup_url=str(tmp_path))
     assert result.checksum_verified is True
-    assert schema_dump(target) == schema_dump(pagila_db)
-    assert content_checksums(target) == content_checksums(pagila_db)
+    assert schema_dump(target) == schema_dump(rich_db)
+    assert content_checksums(target) == content_checksums(rich_db)
 
 
 def test_backup_to_s3_is_read_back_by_the_aws_cli(prefect, sample_db, bucket, s3_client, s3_server):

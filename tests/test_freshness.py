@@ -13,7 +13,7 @@ from tasks.core.settings import s3_options_from_env
 from tasks.retention.freshness import assess_freshness
 from tasks.retention.plan import BackupInfo
 from tasks.storage.destinations import Destination
-from tests.issue3_helpers import invoke_dbops, make_backup, run_dbops
+from tests.backup_helpers import invoke_dbops, make_backup, run_dbops
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 

@@ -25,6 +25,7 @@ from tasks.core.statistics import redact_sql
 from tasks.health.checks import CHECKS, run_checks, select_checks
 from tasks.health.model import HealthCheck, HealthThresholds, PoolSettings
 from tasks.health.report import HealthReport
+from tests.backup_helpers import cli_app
 from tests.conftest import new_database
 
 # Sensitive enough that every planted problem shows, used on the clean database too.
@@ -314,12 +315,6 @@ def flow_run_logs(flow_run_id) -> str:
     return "\n".join(log.message for log in logs)
 
 
-def issue5_cli():
-    import cli
-
-    return cli.app
-
-
 def flow_run_artifacts(flow_run_id):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -483,7 +478,7 @@ def test_dbops_health_json(pg, prefect, monkeypatch):
         "DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none"
     )  # --database-url wins
     runner = CliRunner()
-    app = issue5_cli()
+    app = cli_app()
     args = [
         "health",
         "--json",

@@ -14,8 +14,9 @@ from tasks.core.slots import database_slot
 from tasks.core.statistics import invalid_indexes
 from tasks.maintenance.reindex import IndexCandidate, run_reindex
 from tasks.maintenance.vacuum import VacuumThresholds
+from tests.backup_helpers import cli_app
 from tests.conftest import new_database
-from tests.test_health import connect, flow_run_artifacts, flow_run_logs, flush_stats, issue5_cli
+from tests.test_health import connect, flow_run_artifacts, flow_run_logs, flush_stats
 
 LOW = VacuumThresholds(min_dead_tuples=100, min_modifications=100)
 HOSTILE_SCHEMA = "my schema"
@@ -301,7 +302,7 @@ def test_reindex_rebuilds_invalid_and_bloated_and_drops_leftovers(pg, prefect, i
 def test_cli_vacuum_and_reindex(pg, prefect, indexed, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", indexed)
     runner = CliRunner()
-    app = issue5_cli()
+    app = cli_app()
     done = runner.invoke(
         app, ["reindex", "--dry-run", "--json", "--min-size-mb", "0", "--bloat-threshold", "50"]
     )

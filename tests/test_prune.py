@@ -17,7 +17,7 @@ from tasks.retention.inventory import apply_plan, stale_incomplete_writes, take_
 from tasks.retention.plan import PRE_MIGRATION, BackupInfo, plan_retention
 from tasks.retention.policy import RetentionPolicy
 from tasks.storage.destinations import Destination, LocalDestination
-from tests.issue3_helpers import backup_objects, invoke_dbops, make_backup, object_names
+from tests.backup_helpers import backup_objects, invoke_dbops, make_backup, object_names
 
 HOUR = timedelta(hours=1)
 

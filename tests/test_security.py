@@ -22,13 +22,13 @@ from tasks.security.readonly import create_readonly_role
 from tasks.security.roles import default_secret_block, login_as
 from tasks.security.rotation import rotate_role_password
 from tasks.security.secret_stores import AwsSecretTarget, password_from_secret
+from tests.backup_helpers import cli_app
 from tests.conftest import new_database
 from tests.test_health import (
     blocked_session,
     connect,
     flow_run_artifacts,
     flow_run_logs,
-    issue5_cli,
     make_accounts,
     wait_for,
 )
@@ -290,7 +290,7 @@ def test_terminate_blocking_reports_first_and_ends_only_the_chain_head(pg, prefe
 def test_cli_security_commands(pg, prefect, app_db, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", app_db)
     runner = CliRunner()
-    app = issue5_cli()
+    app = cli_app()
     role = unique("reporting")
     done = runner.invoke(app, ["create-readonly-user", role, "--json"])
     assert done.exit_code == 0, done.output

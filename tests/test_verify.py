@@ -19,8 +19,8 @@ from tasks.demo.embedded import free_port
 from tasks.demo.sample_data import create_sample_database
 from tasks.restore.restore_test import VerificationRecord
 from tasks.storage.destinations import Destination
+from tests.backup_helpers import invoke_dbops, object_names
 from tests.conftest import new_database
-from tests.issue3_helpers import invoke_dbops, object_names
 
 
 @pytest.fixture(scope="module")
