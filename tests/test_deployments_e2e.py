@@ -147,7 +147,13 @@ def test_a_schedule_fires_by_itself(deployed, bucket, s3_client, tmp_path):
     deployed.deploy("backup-database/every-few-seconds", path)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not keys(s3_client, bucket, "sched/"):
+
+        def completed() -> bool:
+            runs = deployed.flow_runs("backup-database/every-few-seconds")
+            return any(r["state"]["type"] == "COMPLETED" for r in runs)
+
+        # The dump object lands before the run ends: wait for a completed run, not for keys.
+        while time.monotonic() < deadline and not completed():
             time.sleep(1)
         runs = deployed.flow_runs("backup-database/every-few-seconds")
         assert keys(s3_client, bucket, "sched/"), deployed.log_tail("worker")

@@ -1,4 +1,4 @@
-"""Connection settings, libpq URI parsing, and the one place that finds PostgreSQL client tools.
+"""Connecting to PostgreSQL: libpq URIs, connection errors that say what to fix, admin sessions.
 
 Child processes never see a password on their command line: connection
 parameters go to them as libpq environment variables (PGPASSWORD among them).
