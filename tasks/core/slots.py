@@ -7,6 +7,7 @@ run on different workers on different machines; the Prefect server arbitrates.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 from collections.abc import Iterator
 
@@ -32,13 +33,29 @@ def _ensure_limit(name: str) -> None:
                 client.upsert_global_concurrency_limit_by_name(name, limit=1)
 
 
+# Slots this run already holds: a migration holds its database's slot for the whole flow, and
+# the pre-migration backup and the rollback restore inside it must not wait for themselves.
+_held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "dbops_held_slots", default=frozenset()
+)
+
+
 @contextlib.contextmanager
 def database_slot(info: ConnInfo, wait_seconds: float = 3600) -> Iterator[None]:
+    """Hold the database's slot; re-entrant within one run (its tasks inherit the context)."""
     name = slot_name(info)
+    held = _held.get()
+    if name in held:
+        yield
+        return
     _ensure_limit(name)
     try:
         with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
-            yield
+            token = _held.set(held | {name})
+            try:
+                yield
+            finally:
+                _held.reset(token)
     except TimeoutError:
         raise DbopsError(
             f"another dbops job held {info.dbname!r} for more than {wait_seconds:.0f} s "
