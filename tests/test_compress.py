@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import zlib
 
 import pytest
+import zstandard
 
 from tasks.backup.compression import DecompressingReader, check_level, compress_stream
 from tasks.core.errors import DbopsError
+from tasks.core.streams import CHUNK_SIZE
 
 CHUNK = 4 * 1024 * 1024
 
@@ -72,3 +75,24 @@ def test_every_gzip_level_is_standard_gzip_and_high_levels_compress_harder():
         assert out.stdout == data
         sizes[level] = len(packed)
     assert sizes[9] < sizes[6] <= sizes[1]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_a_1000_to_1_stream_decompresses_in_bounded_pieces(codec):
+    """One compressed read of a highly compressible dump must not inflate all at once."""
+    raw = 256 * 1024 * 1024
+    zeros = bytes(4 * 1024 * 1024)
+    if codec == "gzip":  # one member, as the guide's `gzip` writes it
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        packed = b"".join(packer.compress(zeros) for _ in range(raw // len(zeros))) + packer.flush()
+    else:  # one frame, as `zstd` writes it
+        packer = zstandard.ZstdCompressor(level=3).compressobj()
+        packed = b"".join(packer.compress(zeros) for _ in range(raw // len(zeros))) + packer.flush()
+    assert len(packed) * 1000 < raw  # more than 1000:1
+    reader = DecompressingReader(io.BytesIO(packed), codec)
+    total, largest = 0, 0
+    while chunk := reader.read_chunk(CHUNK_SIZE):
+        total += len(chunk)
+        largest = max(largest, len(chunk))
+    assert total == raw
+    assert largest <= 2 * CHUNK_SIZE, f"one read inflated {largest / 2**20:.0f} MiB at once"

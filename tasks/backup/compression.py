@@ -98,15 +98,25 @@ def compress_stream(
 
 
 class DecompressingReader:
-    """Undoes gzip (every member), zstd or nothing, chunk by chunk, and notices truncation."""
+    """Undoes gzip (every member), zstd or nothing, chunk by chunk, and notices truncation.
+
+    Memory stays bounded whatever the compression ratio: gzip output is capped per call
+    (zlib's max_length), and zstd input is fed in slices sized from the ratio seen so far, so
+    a 1000:1 dump never inflates a whole compressed chunk at once.
+    """
+
+    MIN_SLICE = 128  # zstd's best ratio (~32,000:1) makes this at most 4 MiB of output
+    MAX_SLICE = 1024 * 1024
 
     def __init__(self, raw: IO[bytes], compression: str) -> None:
         self.raw = raw
         self.compression = compression
-        self._member_open = False
         if compression not in ("gzip", "zstd", "none"):
             raise _unknown(compression)
         self._frame = self._new_frame()
+        self._member_open = False
+        self._pending = b""
+        self._slice = self.MIN_SLICE
 
     def _new_frame(self) -> Any:
         if self.compression == "gzip":
@@ -115,38 +125,52 @@ class DecompressingReader:
             return zstandard.ZstdDecompressor().decompressobj()
         return None
 
-    def _decompress(self, data: bytes) -> bytes:
-        """Every frame (gzip member, zstd frame) in `data`, a new one after each ends."""
-        out = []
+    def _step(self, size: int) -> bytes:
+        """Decompress some pending input into at most about `size` bytes."""
+        if self.compression == "gzip":
+            out = self._frame.decompress(self._pending, size)
+            rest = self._frame.unconsumed_tail
+        else:
+            piece, rest = self._pending[: self._slice], self._pending[self._slice :]
+            out = self._frame.decompress(piece)
+            # Aim at `size` output per call from the ratio this slice showed.
+            ratio = max(1, len(out) // max(1, len(piece)))
+            self._slice = min(self.MAX_SLICE, max(self.MIN_SLICE, size // ratio))
+        self._member_open = True
+        if self._frame.eof:
+            # After a gzip member's end, unused_data already holds all the input left over
+            # (zlib may repeat it in unconsumed_tail); zstd only saw this slice.
+            tail = b"" if self.compression == "gzip" else rest
+            rest = self._frame.unused_data + tail
+            self._frame = self._new_frame()
+            self._member_open = False
+        self._pending = rest
+        return out
+
+    def read_chunk(self, size: int) -> bytes:
+        """The next decompressed bytes; b'' only at a clean end of the stream."""
+        if self.compression == "none":
+            return self.raw.read(size)
         try:
-            while data:
-                self._member_open = True
-                out.append(self._frame.decompress(data))
-                if not self._frame.eof:
-                    break
-                data = self._frame.unused_data
-                self._frame = self._new_frame()
-                self._member_open = False
+            while True:
+                if not self._pending:
+                    self._pending = self.raw.read(size)
+                    if not self._pending:
+                        if self._member_open and self.compression == "gzip":
+                            out = self._step(size)  # output zlib held back under max_length
+                            if out:
+                                return out
+                        if self._member_open:
+                            raise BackupFaultError(
+                                f"the {self.compression} stream is truncated: its last frame "
+                                "is incomplete",
+                                BackupCheck.ARCHIVE,
+                            )
+                        return b""
+                out = self._step(size)
+                if out:
+                    return out
         except (zlib.error, zstandard.ZstdError) as exc:
             raise BackupFaultError(
                 f"the {self.compression} stream is corrupt ({exc})", BackupCheck.ARCHIVE
             ) from None
-        return b"".join(out)
-
-    def _finish(self) -> None:
-        if self._member_open:
-            raise BackupFaultError(
-                f"the {self.compression} stream is truncated: its last frame is incomplete",
-                BackupCheck.ARCHIVE,
-            )
-
-    def read_chunk(self, size: int) -> bytes:
-        """The next decompressed bytes; b'' only at a clean end of the stream."""
-        while True:
-            data = self.raw.read(size)
-            if not data:
-                self._finish()
-                return b""
-            out = data if self.compression == "none" else self._decompress(data)
-            if out:
-                return out
