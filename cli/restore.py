@@ -101,3 +101,24 @@ def verify(
     )
     human = f"backup {result.backup_id} verified: {result.detail}"
     emit(result.model_dump(mode="json"), as_json, human)
+
+
+@app.command()
+def cleanup(
+    database_url: DatabaseUrl = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="drop the leftovers (default: only list them)")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the scratch databases killed restores and restore tests left; --yes drops them."""
+    from flows.cleanup import clean_up_databases
+
+    use_database_url(database_url)
+    result = run_flow(clean_up_databases, confirm=yes)
+    lines = [
+        f"{'dropped' if name in result.dropped else 'leftover'}  {name}" for name in result.found
+    ] or [f"no leftover dbops databases on {result.server}"]
+    if result.found and not yes:
+        lines.append("nothing dropped; pass --yes to drop them")
+    emit(result, as_json, "\n".join(lines))

@@ -29,18 +29,22 @@ def restore_database(
         str | None, Field(description="where to look for `latest`/ids; default BACKUP_URL")
     ] = None,
     clean: Annotated[
-        bool, Field(description="replace a non-empty target database (drop and recreate)")
+        bool,
+        Field(description="replace a non-empty target database (restored aside, then swapped in)"),
     ] = False,
     from_database: Annotated[
         str | None, Field(description="with `latest`: whose backups; default the target's name")
     ] = None,
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
+    slot_wait_seconds: Annotated[
+        float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
+    ] = 3600,
 ) -> RestoreResult:
     """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")
     result = restore_backup.with_options(retries=retries, retry_delay_seconds=10)(
-        source, database_url, backup_url, s3, clean, from_database
+        source, database_url, backup_url, s3, clean, from_database, slot_wait_seconds
     )
     publish_restore_report(result)
     return result

@@ -224,4 +224,3 @@ def rich_db(pg: LocalCluster) -> str:
     url = new_database(pg, "rich")
     psql(url, "-q", "-f", str(DATA / "rich_schema.sql"))
     return url
-

@@ -1,30 +1,44 @@
-"""Storage -> SHA-256 check -> decompressor -> psql / pg_restore, streaming.
+"""Storage -> SHA-256 check -> decompressor -> psql / pg_restore -> scratch database -> swap.
 
-The checksum is known only after the last byte, so the last chunk is held back
-until the whole object has hashed correctly: psql (--single-transaction) and
-pg_restore never see the end of their input, and so never commit, a corrupt
-backup. A restore over an existing database (--clean) goes into a scratch
-database that replaces the target only once it is complete: a failed restore
-leaves the target as it was.
+Every restore goes into a scratch database, and dbops alone decides that it replaces the
+target: only after the whole object matched its size and SHA-256, psql or pg_restore exited
+cleanly and every table's row count matched the manifest does `swap.swap_in` rename it into
+place. End of input commits nothing: if dbops is killed, its children die with it
+(`core.children`) and the target is untouched; the scratch database is a listed leftover.
+No single transaction holds every table's lock, so databases with many tables restore too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import time
+from collections.abc import Callable
 
-from psycopg import sql
 from pydantic import BaseModel, Field
 
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
 from tasks.backup.pipeline import table_row_counts
+from tasks.core.children import spawn
 from tasks.core.client_tools import find_client_tool
 from tasks.core.errors import BackupCheck, BackupFaultError, ConfigError
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn, server_version
 from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
 from tasks.restore.readback import check_stored
+from tasks.restore.swap import (
+    apply_state,
+    create_scratch,
+    drop,
+    helper_name,
+    read_state,
+    refuse_system_database,
+    shut_out,
+    swap_in,
+)
+
+logger = logging.getLogger("dbops.restore")
 
 
 class RestoreResult(BaseModel):
@@ -60,10 +74,6 @@ def user_object_count(target: ConnInfo) -> int:
     return int(row[0])  # type: ignore[index]
 
 
-def _scratch_name(dbname: str) -> str:
-    return f"{dbname[:40]}__dbops_restore_{int(time.time())}"
-
-
 def restore_command(source: BackupSource, major: int) -> list[str]:
     if source.format == "custom":
         needed = major
@@ -74,7 +84,6 @@ def restore_command(source: BackupSource, major: int) -> list[str]:
             tool.path,
             "--no-password",
             "--exit-on-error",
-            "--single-transaction",
             "--dbname",
             "{dbname}",
         ]
@@ -84,7 +93,6 @@ def restore_command(source: BackupSource, major: int) -> list[str]:
         "--no-password",
         "--no-psqlrc",
         "--quiet",
-        "--single-transaction",
         "--set",
         "ON_ERROR_STOP=1",
         "--dbname",
@@ -105,7 +113,7 @@ def stream_into(
     source: BackupSource, command: list[str], env: dict[str, str], secret: str | None
 ) -> tuple[HashingReader, bool]:
     """Feed the backup to psql/pg_restore; the end of input is sent only if it is intact."""
-    process = subprocess.Popen(
+    process = spawn(
         command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     assert process.stdin is not None and process.stderr is not None
@@ -140,51 +148,58 @@ def stream_into(
             process.wait()
 
 
-def run_restore(source: BackupSource, target: ConnInfo, clean: bool = False) -> RestoreResult:
+def run_restore(
+    source: BackupSource,
+    target: ConnInfo,
+    clean: bool = False,
+    log: Callable[[str], None] = logger.info,
+) -> RestoreResult:
+    """Restore into a scratch database, check it, then swap it in for `target`."""
     started = time.perf_counter()
+    refuse_system_database(target.dbname)
     with maintenance_conn(target) as admin:
         major, _ = server_version(admin)
         command = restore_command(source, major)
-        exists = database_exists(admin, target.dbname)
-        replace = False
-        if exists:
+        state = None
+        objects = 0
+        if database_exists(admin, target.dbname):
             objects = user_object_count(target)
             if objects and not clean:
                 raise ConfigError(
                     f"database {target.dbname!r} is not empty ({objects} objects); pass --clean "
                     "to replace it, or restore into another database"
                 )
-            replace = bool(objects)
-        into = _scratch_name(target.dbname) if (replace or not exists) else target.dbname
-        if into != target.dbname:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(into)))
+            state = read_state(admin, target.dbname)
+        scratch = helper_name(target.dbname, "restore")
+        aside = helper_name(target.dbname, "old") if state else None
+        log(
+            f"restoring {source.url} into scratch database {scratch!r}; {target.dbname!r} is "
+            "replaced only once it is complete"
+            + (f" (the current one is set aside as {aside!r}, then dropped)" if aside else "")
+        )
+        create_scratch(admin, scratch, state)
         try:
-            scratch = target.with_dbname(into)
-            argv = [part.replace("{dbname}", into) for part in command]
-            reader, verified = stream_into(source, argv, scratch.child_env(), target.password)
-            mismatched, counted = _compare_counts(source, scratch)
+            into = target.with_dbname(scratch)
+            argv = [part.replace("{dbname}", scratch) for part in command]
+            reader, verified = stream_into(source, argv, into.child_env(), target.password)
+            mismatched, counted = _compare_counts(source, into)
             if mismatched:
                 raise BackupFaultError(
                     f"restored row counts differ from the manifest in {len(mismatched)} tables "
                     f"(e.g. {next(iter(mismatched))}); the backup is inconsistent",
                     BackupCheck.ROW_COUNTS,
                 )
-        except BaseException:
-            if into != target.dbname:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(into))
-                )
-            raise
-        if into != target.dbname:
-            if exists:
-                admin.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target.dbname))
-                )
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(into), sql.Identifier(target.dbname)
-                )
+            if state is not None:
+                apply_state(admin, scratch, state)
+            shut_out(admin, scratch)
+            swap_in(
+                admin, scratch, target.dbname, aside, state.allow_connections if state else True
             )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                drop(admin, scratch)  # only ever the scratch database: the target is untouched
+            raise
+        log(f"{target.dbname!r} is now the restored copy")
     return RestoreResult(
         source=source.url,
         target=target.redacted(),
@@ -195,7 +210,7 @@ def run_restore(source: BackupSource, target: ConnInfo, clean: bool = False) -> 
         checksum_verified=verified,
         row_counts_checked=source.manifest is not None,
         tables=counted,
-        replaced_existing=replace,
+        replaced_existing=bool(objects),
     )
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from tasks.backup.catalog import resolve_source
 from tasks.core.errors import retry_transient
+from tasks.core.postgres import maintenance_conn
 from tasks.core.settings import Settings
+from tasks.core.slots import database_slot
 from tasks.restore.restore import RestoreResult, run_restore
 from tasks.restore.restore_test import VerificationRecord, verify_restore, write_verification
+from tasks.restore.swap import drop, leftovers
 from tasks.storage.destinations import S3Options
 
 
@@ -25,7 +29,9 @@ def restore_backup(
     s3: S3Options | None,
     clean: bool,
     from_database: str | None,
+    slot_wait_seconds: float = 3600,
 ) -> RestoreResult:
+    """Under the target's slot: never beside a backup, maintenance or migration of it."""
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
     target = settings.connection()
@@ -35,7 +41,8 @@ def restore_backup(
     logger.info("Restoring %s into %s", backup.url, target.redacted())
     if backup.manifest is None:
         logger.warning("%s has no dbops manifest: its checksum cannot be verified", backup.url)
-    result = run_restore(backup, target, clean=clean)
+    with database_slot(target, slot_wait_seconds):
+        result = run_restore(backup, target, clean=clean, log=logger.info)
     logger.info(
         "Restored %d tables in %.1f s (checksum verified: %s)",
         result.tables,
@@ -74,3 +81,28 @@ def record_verification(record: VerificationRecord, location: str, s3: S3Options
     """Write the sidecar next to the backup; returns where."""
     settings = Settings.load(None, location, s3)
     return write_verification(settings.destination(), record)
+
+
+class LeftoverDatabases(BaseModel):
+    """Scratch and set-aside databases of killed runs on one server."""
+
+    server: str
+    found: list[str]
+    dropped: list[str]
+
+
+@task(name="clean-up-leftover-databases", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def clean_up_leftovers(database_url: str | None, drop_them: bool) -> LeftoverDatabases:
+    """List `__dbops_restore_`/`__dbops_old_`/`__dbops_verify_` databases; drop them if asked."""
+    logger = get_run_logger()
+    info = Settings.load(database_url).connection()
+    with maintenance_conn(info) as admin:
+        found = leftovers(admin)
+        for name in found:
+            logger.info("Leftover of a killed dbops run: database %r", name)
+        dropped = []
+        for name in found if drop_them else []:
+            drop(admin, name)
+            dropped.append(name)
+            logger.info("Dropped %r", name)
+    return LeftoverDatabases(server=info.redacted(), found=found, dropped=dropped)
