@@ -33,11 +33,19 @@ def _ensure_limit(name: str) -> None:
                 client.upsert_global_concurrency_limit_by_name(name, limit=1)
 
 
-# Slots this run already holds: a migration holds its database's slot for the whole flow, and
+# Slots a flow run already holds: a migration holds its database's slot for the whole flow, and
 # the pre-migration backup and the rollback restore inside it must not wait for themselves.
-_held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+# Keyed by flow run, so another run in the same process still waits.
+_held: contextvars.ContextVar[frozenset[tuple[str, str]]] = contextvars.ContextVar(
     "dbops_held_slots", default=frozenset()
 )
+
+
+def _current_run() -> str:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else ""
 
 
 @contextlib.contextmanager
@@ -45,13 +53,14 @@ def database_slot(info: ConnInfo, wait_seconds: float = 3600) -> Iterator[None]:
     """Hold the database's slot; re-entrant within one run (its tasks inherit the context)."""
     name = slot_name(info)
     held = _held.get()
-    if name in held:
+    key = (_current_run(), name)
+    if key[0] and key in held:
         yield
         return
     _ensure_limit(name)
     try:
         with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
-            token = _held.set(held | {name})
+            token = _held.set(held | {key})
             try:
                 yield
             finally:
