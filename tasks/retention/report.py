@@ -19,6 +19,14 @@ def publish_plan(plan: RetentionPlan, location: str, dry_run: bool) -> None:
         {"backup": key, "action": "abort", "why": "incomplete upload/partial write"}
         for key in plan.incomplete_uploads
     ]
+    rows += [
+        {"backup": name, "action": "delete", "why": "left by a backup run that never finished"}
+        for name in plan.abandoned
+    ]
+    rows += [
+        {"backup": name, "action": "keep", "why": "unreadable: its backup is left alone"}
+        for name in plan.unreadable
+    ]
     if not rows:
         rows = [{"backup": "-", "action": "-", "why": f"no backups under {location}"}]
     verb = "Dry run" if dry_run else "Prune"
