@@ -18,6 +18,7 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
+from tasks.backup.identity import ServerIdentity
 from tasks.backup.manifest import (
     MANIFEST_SUFFIX,
     VERIFIED_SUFFIX,
@@ -46,8 +47,9 @@ def make_backup(
     labels: tuple[str, ...] = (),
     verified: bool | None = None,
     with_globals: bool = False,
+    server: ServerIdentity | None = None,
 ) -> Manifest:
-    """Dump first, manifest last, as a real backup is written."""
+    """Dump first, manifest last, as a real backup is written (`server` None: an old one)."""
     backup_id = new_backup_id(database, started_at)
     dump = _object(destination, backup_id + ".sql.gz", f"-- dump of {backup_id}\n".encode())
     globals_info = None
@@ -69,6 +71,7 @@ def make_backup(
         duration_seconds=5.0,
         row_counts={"public.t": 1},
         labels=list(labels),
+        server=server,
     )
     write_manifest(destination, manifest)
     if verified is not None:

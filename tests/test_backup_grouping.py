@@ -68,9 +68,10 @@ def test_a_backup_dated_in_the_future_is_never_newest_and_stops_the_prune():
     # Within the tolerance it is an ordinary newest backup.
     slightly = info("app", -0.5)
     plan = plan_retention([*backups, slightly], RetentionPolicy.build(keep_days=3), NOW)
-    assert not plan.refused and "newest" in {i.backup_id: i for i in plan.items}[
-        slightly.backup_id
-    ].rules
+    assert (
+        not plan.refused
+        and "newest" in {i.backup_id: i for i in plan.items}[slightly.backup_id].rules
+    )
 
 
 def test_a_future_backup_is_never_fresh():
