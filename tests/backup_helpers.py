@@ -28,6 +28,7 @@ from tasks.backup.manifest import (
     new_backup_id,
     write_manifest,
 )
+from tasks.core.settings import s3_options_from_env
 from tasks.storage.destinations import Destination
 from tests.conftest import run_cli
 
@@ -78,6 +79,15 @@ def make_backup(
         record = Verification(verified_at=started_at + timedelta(hours=1), ok=verified)
         destination.write_bytes(backup_id + VERIFIED_SUFFIX, record.model_dump_json().encode())
     return manifest
+
+
+def location(kind: str, tmp_path, request) -> tuple[str, Destination]:
+    """A backup location: a local directory, or a prefix in a new bucket on moto's S3."""
+    if kind == "local":
+        url = str(tmp_path / "backups")
+    else:
+        url = f"s3://{request.getfixturevalue('bucket')}/backups"
+    return url, Destination.from_url(url, s3_options_from_env())
 
 
 def object_names(destination: Destination) -> set[str]:

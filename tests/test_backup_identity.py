@@ -27,7 +27,12 @@ from tasks.retention.freshness import assess_freshness
 from tasks.retention.plan import BackupInfo
 from tasks.retention.policy import RetentionPolicy
 from tasks.storage.destinations import Destination
-from tests.backup_helpers import invoke_dbops, make_backup, object_names
+from tests.backup_helpers import (
+    invoke_dbops,
+    location,
+    make_backup,
+    object_names,
+)
 from tests.conftest import psql
 
 HOUR = timedelta(hours=1)
@@ -48,17 +53,9 @@ def same_database(name: str, *clusters) -> list[str]:
     return urls
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path) -> tuple[str, Destination]:
-    if request.param == "local":
-        url = str(tmp_path / "backups")
-    else:
-        url = f"s3://{request.getfixturevalue('bucket')}/backups"
-    return url, Destination.from_url(url, s3_options_from_env())
-
-
-def test_concurrent_claims_of_one_second_get_distinct_ids(store):
-    _, destination = store
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_concurrent_claims_of_one_second_get_distinct_ids(kind, tmp_path, request):
+    _, destination = location(kind, tmp_path, request)
     when = now()
     claims: list[Claim] = []
 

@@ -10,8 +10,10 @@ and nothing that shares an id with an unreadable manifest is ever touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import botocore.exceptions
 from pydantic import BaseModel, Field
@@ -32,6 +34,8 @@ from tasks.backup.manifest import (
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,17 +69,18 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
     inventory = Inventory([], [], [])
     named: set[str] = set()
     protected: set[str] = set()  # ids of unreadable manifests and claims
+
+    def protect(name: str) -> None:
+        inventory.unreadable.append(name)
+        protected.add(backup_id_of(name))
+
     for name in sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX)):
-        try:
-            manifest = read_manifest(destination, name)
-        except ManifestError:
-            inventory.unreadable.append(name)
-            protected.add(backup_id_of(name))
+        manifest = _read(read_manifest, destination, name, protect)
+        if manifest is None:
             continue
         own = _backup_objects(manifest)
         if not all(backup_id_of(n) == manifest.backup_id for n in own):
-            inventory.unreadable.append(name)  # names objects outside its backup: never acted on
-            protected.add(backup_id_of(name))
+            protect(name)  # names objects outside its backup: never acted on
             continue
         named.update(own)
         if database and manifest.database != database:
@@ -90,11 +95,8 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
     for name in sorted(n for n in objects if n.endswith(CLAIM_SUFFIX) and n not in named):
         if backup_id_of(name) in protected or not _mine(name, database):
             continue
-        try:
-            claim = read_claim(destination, name)
-        except ManifestError:
-            inventory.unreadable.append(name)
-            protected.add(backup_id_of(name))
+        claim = _read(read_claim, destination, name, protect)
+        if claim is None:
             continue
         own = [n for n in claim.objects if backup_id_of(n) == claim.backup_id and n in objects]
         named.update([*own, name])
@@ -108,6 +110,20 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
     )
     inventory.manifests.sort(key=lambda m: (m.started_at, m.backup_id), reverse=True)
     return inventory
+
+
+def _read(
+    read: Callable[[Destination, str], T],
+    destination: Destination,
+    name: str,
+    protect: Callable[[str], None],
+) -> T | None:
+    """The parsed object, or None when it cannot be parsed (then its id is protected)."""
+    try:
+        return read(destination, name)
+    except ManifestError:
+        protect(name)
+        return None
 
 
 def _backup_objects(manifest: Manifest) -> list[str]:
