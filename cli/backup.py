@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import typer
@@ -76,6 +77,7 @@ def list_backups(
     as_json: JsonFlag = False,
 ) -> None:
     """List the backups under BACKUP_URL, newest first (reads only; runs no flow)."""
+    from tasks.backup.identity import in_the_future
     from tasks.backup.manifest import list_manifests
     from tasks.core.settings import Settings
 
@@ -84,11 +86,15 @@ def list_backups(
         manifests = list_manifests(settings.destination(), database)
     except DbopsError as exc:
         fail(str(exc))
+    now = datetime.now(UTC)
     rows = [
         {
             "backup_id": m.backup_id,
             "database": m.database,
+            "server": m.server_key,
+            "server_address": f"{m.server.host}:{m.server.port}" if m.server else None,
             "started_at": m.started_at.isoformat(),
+            "in_the_future": in_the_future(m.started_at, now),
             "format": m.format,
             "compression": m.compression,
             "size": m.dump.size,
@@ -114,4 +120,9 @@ def list_backups(
             state = f"verified {m.verification.verified_at:%Y-%m-%d}"
         else:
             state = "FAILED"
-        say(f"{row['backup_id']:<40} {row['size']:>14,d}  {state:<19} {row['dump']}  {labels}")
+        if row["in_the_future"]:
+            state = "FUTURE-DATED (clock?)"
+        say(
+            f"{row['backup_id']:<40} {row['server']:<20} {row['size']:>14,d}  {state:<21} "
+            f"{row['dump']}  {labels}"
+        )

@@ -71,6 +71,13 @@ def verify(
     database: Annotated[
         str | None, typer.Option(help="with `latest`: whose backups (default: DATABASE_URL's)")
     ] = None,
+    from_server: Annotated[
+        str | None,
+        typer.Option(
+            help="with `latest`: the system identifier of the server whose backups "
+            "(default: DATABASE_URL's server, or the only one with backups)"
+        ),
+    ] = None,
     smoke: Annotated[
         list[str] | None,
         typer.Option(
@@ -95,6 +102,7 @@ def verify(
         source=source,
         backup_url=backups,
         database=database,
+        from_server=from_server,
         smoke_queries=smoke or [],
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,

@@ -36,7 +36,11 @@ def prune(
         typer.Option("--dry-run", help="print the plan (what is kept and why), delete nothing"),
     ] = False,
     abort_uploads_older_than_hours: Annotated[
-        float, typer.Option(help="abort incomplete S3 uploads / partial files older than N hours")
+        float,
+        typer.Option(
+            help="abort incomplete S3 uploads / partial files and clean unfinished backups "
+            "older than N hours (at least 6; more than your longest backup takes)"
+        ),
     ] = 24,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
@@ -76,6 +80,10 @@ def prune(
     ]
     lines += [f"DELETE {name}  (leftover of a half-deleted backup)" for name in report.leftovers]
     lines += [f"ABORT  {key}  (incomplete upload)" for key in report.incomplete_uploads]
+    lines += [f"DELETE {name}  (left by a backup that never finished)" for name in report.abandoned]
+    lines += [
+        f"LEAVE  {name}  (unreadable: its backup is not touched)" for name in report.unreadable
+    ]
     if report.refused:
         lines.append(f"prune would refuse, nothing would be deleted: {report.refused}")
     elif dry_run:

@@ -14,12 +14,12 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from tasks.core.errors import DbopsError, ParameterError
+from tasks.core.errors import DbopsError
 from tasks.core.parameters import BackupUrl, Retries, S3Parameter, documented
 from tasks.core.settings import Settings
 from tasks.retention.inventory import PruneResult
 from tasks.retention.plan import BackupInfo, RetentionPlan, plan_retention
-from tasks.retention.policy import RetentionPolicy
+from tasks.retention.policy import MIN_ABANDON_HOURS, RetentionPolicy, check_abandon_hours
 from tasks.retention.report import publish_plan
 from tasks.retention.tasks import delete_backups, scan_backups
 
@@ -45,20 +45,20 @@ def prune_backups(
     dry_run: Annotated[bool, Field(description="only plan: delete nothing")] = False,
     abort_uploads_older_than_hours: Annotated[
         float | None,
-        Field(description="abort incomplete uploads older than N hours; null: leave them"),
+        Field(
+            description="abort incomplete uploads and clean unfinished backups older than N "
+            f"hours (at least {MIN_ABANDON_HOURS:g}, more than your longest backup takes); "
+            "null: leave them"
+        ),
     ] = 24,
     s3: S3Parameter = None,
     retries: Retries = 2,
 ) -> PruneReport:
     policy = (policy or RetentionPolicy()).resolved()
-    if abort_uploads_older_than_hours is not None and abort_uploads_older_than_hours < 0:
-        raise ParameterError(
-            "abort_uploads_older_than_hours",
-            f"{abort_uploads_older_than_hours:g} is negative; use 0 or more hours",
-        )
+    check_abandon_hours(abort_uploads_older_than_hours)
     location = Settings.load(None, backup_url, s3).destination().url
     now = datetime.now(UTC)
-    inventory, stale = scan_backups.with_options(retries=retries, retry_delay_seconds=10)(
+    inventory, abandoned = scan_backups.with_options(retries=retries, retry_delay_seconds=10)(
         backup_url, s3, database, abort_uploads_older_than_hours, now
     )
     plan = plan_retention(
@@ -68,15 +68,21 @@ def prune_backups(
         leftovers=inventory.leftovers,
         ignored=inventory.ignored,
     )
-    plan.incomplete_uploads = [write.key for write in stale]
+    plan.incomplete_uploads = [write.key for write in abandoned.uploads]
+    plan.abandoned = [name for started in abandoned.started for name in started.present]
+    plan.unreadable = inventory.unreadable
     publish_plan(plan, location, dry_run)
     get_run_logger().info("Retention plan for %s: %s", location, plan.summary())
     report = PruneReport(location=location, dry_run=dry_run, **dict(plan))
-    if plan.refused and not dry_run:
-        raise DbopsError(f"prune refused, nothing deleted: {plan.refused}")
     if dry_run:
         return report
     result = delete_backups.with_options(retries=retries, retry_delay_seconds=10)(
-        backup_url, s3, plan, inventory, stale
+        backup_url, s3, plan, inventory, abandoned
     )
+    if plan.refused:
+        cleaned = len(abandoned.names())
+        raise DbopsError(
+            f"prune refused, nothing deleted: {plan.refused}"
+            + (f" (cleaned {cleaned} objects of unfinished writes)" if cleaned else "")
+        )
     return report.model_copy(update=dict(result))

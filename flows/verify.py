@@ -50,13 +50,27 @@ def verify_backup(
         ),
     ] = None,
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
+    from_server: Annotated[
+        str | None,
+        Field(
+            description="with `latest`: the system identifier of the server whose backups; "
+            "default DATABASE_URL's server, or the only server with backups"
+        ),
+    ] = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
 ) -> VerificationRecord:
     """Restore a backup into a scratch database, check it, and record the result beside it."""
     reject_inline_password(database_url, "database_url")
     reject_inline_password(verify_database_url, "verify_database_url")
     record, location = restore_test.with_options(retries=retries, retry_delay_seconds=10)(
-        source, database_url, verify_database_url, backup_url, s3, database, smoke_queries or []
+        source,
+        database_url,
+        verify_database_url,
+        backup_url,
+        s3,
+        database,
+        smoke_queries or [],
+        from_server,
     )
     if record.backup_id is not None:
         record.recorded_at = record_verification(record, location, s3)

@@ -18,6 +18,7 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
+from tasks.backup.identity import ServerIdentity
 from tasks.backup.manifest import (
     MANIFEST_SUFFIX,
     VERIFIED_SUFFIX,
@@ -27,6 +28,7 @@ from tasks.backup.manifest import (
     new_backup_id,
     write_manifest,
 )
+from tasks.core.settings import s3_options_from_env
 from tasks.storage.destinations import Destination
 from tests.conftest import run_cli
 
@@ -46,8 +48,9 @@ def make_backup(
     labels: tuple[str, ...] = (),
     verified: bool | None = None,
     with_globals: bool = False,
+    server: ServerIdentity | None = None,
 ) -> Manifest:
-    """Dump first, manifest last, as a real backup is written."""
+    """Dump first, manifest last, as a real backup is written (`server` None: an old one)."""
     backup_id = new_backup_id(database, started_at)
     dump = _object(destination, backup_id + ".sql.gz", f"-- dump of {backup_id}\n".encode())
     globals_info = None
@@ -69,12 +72,22 @@ def make_backup(
         duration_seconds=5.0,
         row_counts={"public.t": 1},
         labels=list(labels),
+        server=server,
     )
     write_manifest(destination, manifest)
     if verified is not None:
         record = Verification(verified_at=started_at + timedelta(hours=1), ok=verified)
         destination.write_bytes(backup_id + VERIFIED_SUFFIX, record.model_dump_json().encode())
     return manifest
+
+
+def location(kind: str, tmp_path, request) -> tuple[str, Destination]:
+    """A backup location: a local directory, or a prefix in a new bucket on moto's S3."""
+    if kind == "local":
+        url = str(tmp_path / "backups")
+    else:
+        url = f"s3://{request.getfixturevalue('bucket')}/backups"
+    return url, Destination.from_url(url, s3_options_from_env())
 
 
 def object_names(destination: Destination) -> set[str]:

@@ -33,7 +33,11 @@ def test_backup_writes_dump_and_manifest_last(prefect, sample_db, tmp_path):
     manifest = backup(database_url=sample_db, backup_url=str(tmp_path))
     files = sorted(p.name for p in tmp_path.iterdir())
     backup_id = manifest.backup_id
-    assert files == [f"{backup_id}.manifest.json", f"{backup_id}.sql.gz"]
+    assert files == [
+        f"{backup_id}.manifest.json",
+        f"{backup_id}.sql.gz",
+        f"{backup_id}.started.json",
+    ]
     dump = tmp_path / f"{backup_id}.sql.gz"
     assert manifest.dump.sha256 == hashlib.sha256(dump.read_bytes()).hexdigest()
     assert manifest.dump.size == dump.stat().st_size

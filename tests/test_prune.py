@@ -172,7 +172,9 @@ def test_failing_dumps_stop_the_prune_loudly_and_delete_nothing(prefect, store):
             {"policy": RetentionPolicy(timezone="Europe/Atlantis")},
             "'Europe/Atlantis' is not a known time zone",
         ),
-        ({"abort_uploads_older_than_hours": -2}, "is negative"),
+        ({"abort_uploads_older_than_hours": -2}, "still running"),
+        # 0 would abort the upload of a backup running right now.
+        ({"abort_uploads_older_than_hours": 0}, "abort_uploads_older_than_hours 0 would touch"),
     ],
 )
 def test_bad_policy_fails_in_one_line_and_deletes_nothing(prefect, tmp_path, parameters, message):
@@ -220,14 +222,14 @@ def test_stale_incomplete_uploads_are_aborted_only_under_the_prefix(prefect, buc
 
     dry = prune_backups(
         backup_url=url,
-        abort_uploads_older_than_hours=0,
+        abort_uploads_older_than_hours=6,
         dry_run=True,
         policy=RetentionPolicy(keep_days=7),
     )
     assert dry.incomplete_uploads == ["backups/ai_saas_x.sql.gz"] and len(pending()) == 2
 
     done = prune_backups(
-        backup_url=url, abort_uploads_older_than_hours=0, policy=RetentionPolicy(keep_days=7)
+        backup_url=url, abort_uploads_older_than_hours=6, policy=RetentionPolicy(keep_days=7)
     )
     assert done.aborted_uploads == ["backups/ai_saas_x.sql.gz"]
     assert pending() == {other["UploadId"]}

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tasks.backup.identity import CLOCK_TOLERANCE
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.retention.plan import PRE_MIGRATION, BackupInfo, plan_retention
 from tasks.retention.policy import RetentionPolicy
@@ -338,9 +339,13 @@ def test_policy_invariants(backups, policy):
             needed = max(0, min(policy.min_keep, len(group)) - len(must_keep))
             assert floor == others[:needed]
             assert all(items[f].rules == [f"min-keep {policy.min_keep}"] for f in floor)
-        if window is not None and NOW - group[0].started_at > window:
+        dated = [b for b in group if b.started_at - NOW <= CLOCK_TOLERANCE]
+        if len(dated) < len(group):
+            stale = True  # a backup dated in the future: the clock is wrong
+        elif window is not None and NOW - dated[0].started_at > window:
             stale = True
-    # Dumps failing (newest older than the window) means nothing is deleted at all.
+    # Dumps failing (newest older than the window) or a clock gone wrong (a backup dated
+    # beyond the tolerance) means nothing is deleted at all.
     assert bool(plan.refused) == stale
     if stale:
         assert plan.delete == []

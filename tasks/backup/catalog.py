@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from tasks.backup.identity import group_by_server, identify_server, in_the_future
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests, read_manifest
-from tasks.core.errors import DbopsError
+from tasks.core.errors import DbopsError, NotFoundError, ParameterError
+from tasks.core.postgres import ConnInfo
 from tasks.storage.destinations import Destination, S3Options
 
 FOREIGN_SUFFIXES = {
@@ -48,20 +51,20 @@ def resolve_source(
     backup_url: str,
     s3: S3Options | None = None,
     database: str | None = None,
+    from_server: str | None = None,
+    home: ConnInfo | None = None,
 ) -> BackupSource:
-    """Turn what the user typed into a dump object, with its manifest when there is one."""
+    """Turn what the user typed into a dump object, with its manifest when there is one.
+
+    `latest` is the newest backup of `database` from one server: `from_server` when given,
+    else the server `home` is on when it has backups of it, else the only server that has.
+    """
     if not source:
         raise DbopsError("no backup given; pass a path, an s3:// URL, a backup id or `latest`")
     if source == "latest":
         destination = Destination.from_url(backup_url, s3)
-        manifests = list_manifests(destination, database)
-        if not manifests:
-            where = f" of database {database!r}" if database else ""
-            raise DbopsError(
-                f"no backup{where} found under {destination.url}; "
-                "run `dbops backup` first or pass --to / BACKUP_URL"
-            )
-        return _from_manifest(destination, manifests[0])
+        manifest = choose_latest(destination, database, from_server, home)
+        return _from_manifest(destination, manifest)
     if "/" not in source and "://" not in source and not os.path.exists(source):
         destination = Destination.from_url(backup_url, s3)
         name = source
@@ -98,3 +101,78 @@ def _from_manifest(destination: Destination, manifest: Manifest) -> BackupSource
         )
     compression = "none" if manifest.format == "custom" else manifest.compression
     return BackupSource(destination, manifest.dump.name, manifest.format, compression, manifest)
+
+
+def choose_latest(
+    destination: Destination,
+    database: str | None,
+    from_server: str | None = None,
+    home: ConnInfo | None = None,
+    now: datetime | None = None,
+) -> Manifest:
+    """The newest trustworthy backup of one (server, database); refuses to guess between
+    servers and never takes a backup dated in the future."""
+    now = now or datetime.now(UTC)
+    where = f" of database {database!r}" if database else ""
+    manifests = list_manifests(destination, database)
+    if not manifests:
+        raise NotFoundError(
+            f"no backup{where} found under {destination.url}; "
+            "run `dbops backup` first or pass --to / BACKUP_URL"
+        )
+    dated = [m for m in manifests if not in_the_future(m.started_at, now)]
+    if not dated:
+        raise NotFoundError(
+            f"every backup{where} under {destination.url} is dated in the future "
+            f"(e.g. {manifests[0].backup_id}), so none can be trusted as latest; fix the clock "
+            "of the host that took it, then name a backup id"
+        )
+    groups = group_by_server(dated, lambda m: m.server_key, lambda m: m.database)
+    servers = {server for server, _ in groups}
+    if from_server:
+        if from_server not in servers:
+            raise ParameterError(
+                "from_server",
+                f"{from_server!r} has no backup{where} under {destination.url}; "
+                f"servers with backups: {_describe(groups)}",
+            )
+        return _newest(groups, from_server)
+    if len(servers) > 1:
+        home_key = _home_server(home)
+        if home_key in servers:
+            return _newest(groups, home_key)
+        raise ParameterError(
+            "from_server",
+            f"must be given: backups{where} under {destination.url} come from "
+            f"{len(servers)} servers ({_describe(groups)})"
+            + (", none of them the target's" if home is not None else "")
+            + "; choose one by its system identifier",
+        )
+    return dated[0]
+
+
+def _newest(groups: dict[tuple[str, str], list[Manifest]], server: str) -> Manifest:
+    return max(
+        (g[0] for (s, _), g in groups.items() if s == server),
+        key=lambda m: (m.started_at, m.backup_id),
+    )
+
+
+def _describe(groups: dict[tuple[str, str], list[Manifest]]) -> str:
+    servers = sorted({server for server, _ in groups})
+    described = []
+    for server in servers:
+        newest = _newest(groups, server)
+        label = newest.server.label if newest.server else server
+        described.append(f"{label} newest {newest.backup_id}")
+    return ", ".join(described)
+
+
+def _home_server(home: ConnInfo | None) -> str | None:
+    """The server key of the target; None when there is none or it cannot be reached."""
+    if home is None:
+        return None
+    try:
+        return identify_server(home).key
+    except DbopsError:
+        return None

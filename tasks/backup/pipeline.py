@@ -22,15 +22,10 @@ from typing import IO
 import psycopg
 from psycopg import sql
 
+from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
-from tasks.backup.manifest import (
-    MANIFEST_SUFFIX,
-    Manifest,
-    ObjectInfo,
-    dump_suffix,
-    new_backup_id,
-    write_manifest,
-)
+from tasks.backup.identity import read_server_identity
+from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
 from tasks.core.client_tools import ClientTool, find_client_tool
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo, server_version
@@ -38,6 +33,7 @@ from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
 
 QUEUE_DEPTH = 4
+GLOBALS_SUFFIX = ".globals.sql.gz"
 ProgressCallback = Callable[[int], None]
 
 
@@ -190,6 +186,22 @@ def table_row_counts(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
+def referenced_roles(conn: psycopg.Connection) -> list[str]:
+    """Roles a dump of this database names (owners, grantees, the bootstrap superuser)."""
+    rows = conn.execute(
+        """
+        SELECT rolname FROM pg_roles
+        WHERE (oid = 10 OR oid IN (
+                SELECT refobjid FROM pg_shdepend
+                WHERE refclassid = 'pg_authid'::regclass
+                  AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())))
+          AND rolname NOT LIKE 'pg\\_%'
+        ORDER BY 1
+        """
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 @dataclass
 class BackupRequest:
     conn: ConnInfo
@@ -214,19 +226,6 @@ def _custom_format_compress_option(tool: ClientTool, compression: str, level: in
     return f"--compress={level}"
 
 
-def _unused_backup_id(destination: Destination, database: str, suffix: str) -> tuple[str, datetime]:
-    """Two backups in the same second would share a name; wait for the next second."""
-    for _ in range(3):
-        now = datetime.now(UTC)
-        backup_id = new_backup_id(database, now)
-        if not destination.exists(backup_id + MANIFEST_SUFFIX) and not destination.exists(
-            backup_id + suffix
-        ):
-            return backup_id, now
-        time.sleep(1.05 - now.microsecond / 1_000_000)
-    raise DbopsError(f"backup {backup_id} already exists; try again in a second")
-
-
 def run_backup(request: BackupRequest, progress: ProgressCallback | None = None) -> Manifest:
     """Dump one database consistently and store it as a complete backup (dump + manifest)."""
     info = request.conn
@@ -235,10 +234,11 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
     written: list[str] = []
     with info.connect() as snapshot_conn:
         major, full_version = server_version(snapshot_conn)
+        identity = read_server_identity(snapshot_conn, info)
+        roles = referenced_roles(snapshot_conn)
         pg_dump = find_client_tool("pg_dump", major)
         snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-        backup_id, started_at = _unused_backup_id(request.destination, info.dbname, suffix)
         command = [pg_dump.path, "--no-password", f"--snapshot={snapshot}"]
         if request.format == "custom":
             command += [
@@ -249,6 +249,10 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         else:
             command += ["--format=plain"]
             stream_compression = request.compression
+        started_at = datetime.now(UTC)
+        suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [suffix]
+        claim = claim_backup_id(request.destination, info.dbname, started_at, suffixes, identity)
+        backup_id = claim.backup_id
         counts: dict[str, int] = {}
         count_error: list[BaseException] = []
 
@@ -286,6 +290,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 backup_id=backup_id,
                 database=info.dbname,
                 source=info.redacted(),
+                server=identity,
                 server_version=full_version,
                 pg_dump_version=pg_dump.version,
                 format=request.format,  # type: ignore[arg-type]
@@ -302,6 +307,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),
                 row_counts=counts,
+                roles=roles,
                 labels=request.labels,
                 stages=stats.as_stages(),
                 dbops_version=__version__,
@@ -310,7 +316,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
             return manifest
         except BaseException:
             counter.join(timeout=30)
-            for name in written:  # objects of a backup that never got its manifest
+            for name in [*written, claim.name]:  # a backup that never got its manifest
                 request.destination.delete(name)
             raise
         finally:
@@ -324,7 +330,7 @@ def _dump_globals(
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
     info = request.conn
     pg_dumpall = find_client_tool("pg_dumpall", major)
-    name = f"{backup_id}.globals.sql.gz"
+    name = backup_id + GLOBALS_SUFFIX
     stats = stream_command_to(
         [pg_dumpall.path, "--no-password", "--globals-only", "-l", info.dbname],
         info.child_env(),

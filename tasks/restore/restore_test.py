@@ -11,10 +11,17 @@ A failure that is the backup's fault (corrupt, truncated, not restorable,
 wrong row counts, a smoke query failing) becomes a failed verification with
 its reason. A failure of the surroundings (server unreachable, no CREATEDB
 right, no psql) is raised instead and records nothing about the backup.
+
+The verify server may be a separate server without the application's roles.
+The roles the dump names (recorded in its manifest) are created there as
+NOLOGIN roles without privileges when dbops may create roles, and left there
+(dropping them could break a concurrent verification); when it may not, that
+is the surroundings' fault: raised, nothing recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -68,6 +75,9 @@ class VerificationRecord(BaseModel):
     bytes_read: int = 0
     restore_seconds: float = 0.0
     smoke: list[SmokeResult] = Field(default_factory=list)
+    roles_created: list[str] = Field(
+        default_factory=list, description="roles created NOLOGIN on the verify server"
+    )
     recorded_at: str | None = Field(None, description="where the sidecar was written")
     dbops_version: str = ""
 
@@ -150,6 +160,7 @@ def verify_restore(
     with maintenance_conn(scratch) as admin:
         major, _ = server_version(admin)
         restore_command(source, major)  # no psql/pg_restore: the surroundings' fault, raised
+        record.roles_created = provide_roles(admin, manifest.roles, server)
         name = sql.Identifier(scratch.dbname)
         try:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
@@ -171,6 +182,30 @@ def verify_restore(
     record.restore_seconds = round(time.perf_counter() - started, 3)
     record.verified_at = datetime.now(UTC)
     return record
+
+
+def provide_roles(admin: psycopg.Connection, roles: list[str], server: ConnInfo) -> list[str]:
+    """Create the roles the dump names that the verify server lacks; SurroundingsError when
+    dbops may not. Returns the roles created."""
+    present = {
+        r[0] for r in admin.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [roles])
+    }
+    missing = [r for r in roles if r not in present]
+    if not missing:
+        return []
+    row = admin.execute(
+        "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if not (row and row[0]):
+        raise SurroundingsError(
+            f"the verify server {server.redacted()} lacks the roles {', '.join(missing)} that "
+            "the backup's objects belong to, and dbops may not create them there; create them "
+            "(NOLOGIN is enough) or grant CREATEROLE"
+        )
+    for role in missing:
+        with contextlib.suppress(psycopg.errors.DuplicateObject):  # a concurrent verify made it
+            admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    return missing
 
 
 def _check_backup(

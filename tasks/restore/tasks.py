@@ -61,15 +61,22 @@ def restore_test(
     s3: S3Options | None,
     database: str | None,
     smoke_queries: list[str],
+    from_server: str | None = None,
 ) -> tuple[VerificationRecord, str]:
-    """Restore into a scratch database and check; returns the record and the backup's place."""
+    """Restore into a scratch database and check; returns the record and the backup's place.
+
+    `latest` means the DATABASE_URL server's backups when it has some, or `from_server`'s.
+    """
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3, verify_database_url)
     server = settings.scratch_server()
     whose = database
-    if whose is None and settings.database_url:
-        whose = settings.connection().dbname
-    backup = resolve_source(source, settings.backup_url, settings.s3, whose)
+    home = settings.connection() if settings.database_url else None
+    if whose is None and home is not None:
+        whose = home.dbname
+    backup = resolve_source(
+        source, settings.backup_url, settings.s3, whose, from_server=from_server, home=home
+    )
     logger.info("Verifying %s in a scratch database on %s", backup.url, server.redacted())
     record = verify_restore(backup, server, smoke_queries)
     logger.info("Verification of %s: %s", backup.url, "OK" if record.ok else record.detail)

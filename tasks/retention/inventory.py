@@ -3,27 +3,48 @@
 Only backups with a manifest are counted or touched; a backup's objects are
 deleted dump first and manifest last, so a prune that dies half-way leaves at
 worst a manifest without its dump, which no reader takes for a backup and the
-next prune finishes deleting.
+next prune finishes deleting. Reading fails closed: a storage error or an
+unreadable verification record stops the prune before anything is deleted,
+and nothing that shares an id with an unreadable manifest is ever touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import botocore.exceptions
 from pydantic import BaseModel, Field
 
+from tasks.backup.claim import Claim, read_claim
 from tasks.backup.manifest import (
+    CLAIM_SUFFIX,
     MANIFEST_SUFFIX,
     VERIFIED_SUFFIX,
     Manifest,
+    ManifestError,
+    backup_id_of,
+    database_of_id,
+    encode_database,
     read_manifest,
     read_verification,
 )
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite
+
+T = TypeVar("T")
+
+
+@dataclass
+class Started:
+    """A claimed backup that never got its manifest: running, or killed."""
+
+    claim: Claim
+    since: datetime  # when the store received the claim (not the backing-up host's clock)
+    present: list[str]  # its objects that exist, in deletion order: the claim last
 
 
 @dataclass
@@ -32,45 +53,77 @@ class Inventory:
 
     manifests: list[Manifest]
     leftovers: list[str]
-    ignored: list[str]  # dumps without a manifest: not backups, never touched
+    ignored: list[str]  # objects no manifest or claim names: not backups, never touched
+    unreadable: list[str] = field(default_factory=list)  # manifests/claims: ids left alone
+    started: list[Started] = field(default_factory=list)
+
+
+def _mine(name: str, database: str | None) -> bool:
+    return not database or database_of_id(backup_id_of(name)) == encode_database(database)
 
 
 def take_inventory(destination: Destination, database: str | None = None) -> Inventory:
     """Read every manifest once; a manifest whose dump is gone is a leftover, not a backup."""
-    objects = {obj.name for obj in destination.list()}
-    manifests: list[Manifest] = []
-    leftovers: list[str] = []
+    stored = {obj.name: obj for obj in destination.list()}
+    objects = set(stored)
+    inventory = Inventory([], [], [])
     named: set[str] = set()
-    for name in sorted(objects):
-        if not name.endswith(MANIFEST_SUFFIX):
+    protected: set[str] = set()  # ids of unreadable manifests and claims
+
+    def protect(name: str) -> None:
+        inventory.unreadable.append(name)
+        protected.add(backup_id_of(name))
+
+    for name in sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX)):
+        manifest = _read(read_manifest, destination, name, protect)
+        if manifest is None:
             continue
-        try:
-            manifest = read_manifest(destination, name)
-        except DbopsError:
-            continue  # not ours to judge: never deleted
         own = _backup_objects(manifest)
-        if not all(n.startswith(manifest.backup_id + ".") for n in own):
-            continue  # a manifest naming objects outside its backup: never acted on
+        if not all(backup_id_of(n) == manifest.backup_id for n in own):
+            protect(name)  # names objects outside its backup: never acted on
+            continue
         named.update(own)
         if database and manifest.database != database:
             continue
         if manifest.dump.name not in objects:
-            leftovers.extend(n for n in own if n in objects)
+            inventory.leftovers.extend(n for n in own if n in objects)
             continue
         sidecar = manifest.backup_id + VERIFIED_SUFFIX
         if sidecar in objects:
-            manifest.verification = read_verification(destination, sidecar)
-        manifests.append(manifest)
-    for name in sorted(objects):
-        if name.endswith(VERIFIED_SUFFIX) and name not in named:
-            backup_id = name[: -len(VERIFIED_SUFFIX)]
-            if not database or backup_id.startswith(f"{database}_"):
-                leftovers.append(name)
-    ignored = sorted(
-        n for n in objects if n not in named and not n.endswith((VERIFIED_SUFFIX, MANIFEST_SUFFIX))
+            manifest.verification = read_verification(destination, sidecar, strict=True)
+        inventory.manifests.append(manifest)
+    for name in sorted(n for n in objects if n.endswith(CLAIM_SUFFIX) and n not in named):
+        if backup_id_of(name) in protected or not _mine(name, database):
+            continue
+        claim = _read(read_claim, destination, name, protect)
+        if claim is None:
+            continue
+        own = [n for n in claim.objects if backup_id_of(n) == claim.backup_id and n in objects]
+        named.update([*own, name])
+        inventory.started.append(Started(claim, stored[name].modified, [*own, name]))
+    named |= {n for n in objects if backup_id_of(n) in protected}
+    for name in sorted(objects - named):
+        if name.endswith(VERIFIED_SUFFIX) and _mine(name, database):
+            inventory.leftovers.append(name)
+    inventory.ignored = sorted(
+        n for n in objects - named if not n.endswith((VERIFIED_SUFFIX, MANIFEST_SUFFIX))
     )
-    manifests.sort(key=lambda m: (m.started_at, m.backup_id), reverse=True)
-    return Inventory(manifests, leftovers, ignored)
+    inventory.manifests.sort(key=lambda m: (m.started_at, m.backup_id), reverse=True)
+    return inventory
+
+
+def _read(
+    read: Callable[[Destination, str], T],
+    destination: Destination,
+    name: str,
+    protect: Callable[[str], None],
+) -> T | None:
+    """The parsed object, or None when it cannot be parsed (then its id is protected)."""
+    try:
+        return read(destination, name)
+    except ManifestError:
+        protect(name)
+        return None
 
 
 def _backup_objects(manifest: Manifest) -> list[str]:
@@ -78,7 +131,7 @@ def _backup_objects(manifest: Manifest) -> list[str]:
     names = [manifest.dump.name]
     if manifest.globals is not None:
         names.append(manifest.globals.name)
-    names += [manifest.backup_id + VERIFIED_SUFFIX, manifest.manifest_name]
+    names += [manifest.backup_id + VERIFIED_SUFFIX, manifest.claim_name, manifest.manifest_name]
     return names
 
 
@@ -92,12 +145,14 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
     """Delete what the plan marks for deletion; a refused plan deletes nothing."""
     if plan.refused:
         raise DbopsError(f"prune refused: {plan.refused}")
+    present = {obj.name for obj in destination.list()}
     by_id = {m.backup_id: m for m in inventory.manifests}
     result = PruneResult()
     for item in plan.delete:
         for name in _backup_objects(by_id[item.backup_id]):
-            _delete(destination, name)
-            result.deleted_objects.append(name)
+            if name in present:
+                _delete(destination, name)
+                result.deleted_objects.append(name)
         result.deleted_backups.append(item.backup_id)
     for name in plan.leftovers:
         _delete(destination, name)
@@ -121,6 +176,33 @@ def _delete(destination: Destination, name: str) -> None:
         ) from None
 
 
+@dataclass
+class Abandoned:
+    """What killed runs left, old enough that no running backup can own it."""
+
+    uploads: list[IncompleteWrite] = field(default_factory=list)
+    started: list[Started] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [w.key for w in self.uploads] + [n for s in self.started for n in s.present]
+
+
+def safe_age(inventory: Inventory, older_than: timedelta) -> timedelta:
+    """At least twice the longest backup recorded here: a running backup is never touched."""
+    longest = max((m.duration_seconds for m in inventory.manifests), default=0.0)
+    return max(older_than, timedelta(seconds=2 * longest))
+
+
+def find_abandoned(
+    destination: Destination, inventory: Inventory, older_than: timedelta, now: datetime
+) -> Abandoned:
+    """Incomplete writes, and claimed backups without a manifest, older than `older_than`."""
+    return Abandoned(
+        uploads=stale_incomplete_writes(destination, older_than, now),
+        started=[s for s in inventory.started if now - s.since >= older_than],
+    )
+
+
 def stale_incomplete_writes(
     destination: Destination, older_than: timedelta, now: datetime
 ) -> list[IncompleteWrite]:
@@ -128,7 +210,11 @@ def stale_incomplete_writes(
     return [w for w in destination.incomplete_writes() if now - w.since >= older_than]
 
 
-def abort_incomplete_writes(destination: Destination, stale: list[IncompleteWrite]) -> list[str]:
-    for write in stale:
+def clean_abandoned(destination: Destination, abandoned: Abandoned) -> list[str]:
+    """Abort stale uploads, delete what killed runs left (their claim last); names cleaned."""
+    for write in abandoned.uploads:
         destination.abort_incomplete_write(write)
-    return [write.key for write in stale]
+    for started in abandoned.started:
+        for name in started.present:
+            _delete(destination, name)
+    return abandoned.names()

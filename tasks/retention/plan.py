@@ -17,6 +17,13 @@ from typing import Literal
 import pendulum
 from pydantic import BaseModel, Field
 
+from tasks.backup.identity import (
+    CLOCK_TOLERANCE,
+    UNKNOWN_SERVER,
+    group_by_server,
+    in_the_future,
+    legacy_group,
+)
 from tasks.backup.manifest import Manifest
 from tasks.retention.policy import Period, RetentionPolicy, zone
 
@@ -32,6 +39,7 @@ class BackupInfo:
     started_at: datetime
     labels: tuple[str, ...] = ()
     verified: bool | None = None  # True: restore-tested OK; False: failed; None: not tested
+    server: str = UNKNOWN_SERVER  # ServerIdentity.key of the server it came from
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> BackupInfo:
@@ -42,12 +50,29 @@ class BackupInfo:
             started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
             labels=tuple(manifest.labels),
             verified=manifest.verification.ok if manifest.verification else None,
+            server=manifest.server_key,
         )
+
+
+def group_backups(backups: Sequence[BackupInfo]) -> dict[tuple[str, str], list[BackupInfo]]:
+    """(server, database) -> its backups, newest first."""
+    ordered = sorted(backups, key=lambda b: (b.started_at, b.backup_id), reverse=True)
+    return group_by_server(ordered, lambda b: b.server, lambda b: b.database)
+
+
+def future_problem(backup: BackupInfo, now: datetime) -> str:
+    return (
+        f"backup {backup.backup_id} of {backup.database} is dated "
+        f"{backup.started_at:%Y-%m-%d %H:%M} UTC, {human_age(backup.started_at - now)} ahead "
+        f"of this clock (tolerance "
+        f"{human_age(CLOCK_TOLERANCE)}): the clock of the host that took it is wrong"
+    )
 
 
 class PlanItem(BaseModel):
     backup_id: str
     database: str
+    server: str = UNKNOWN_SERVER
     started_at: datetime
     age: str
     labels: list[str]
@@ -61,7 +86,11 @@ class RetentionPlan(BaseModel):
     policy: RetentionPolicy
     now: datetime
     items: list[PlanItem] = Field(default_factory=list)
-    refused: str | None = Field(None, description="why nothing may be deleted, if so")
+    refused: str | None = Field(None, description="why no backup may be deleted, if so")
+    unreadable: list[str] = Field(
+        default_factory=list,
+        description="manifests that cannot be read: their objects are never touched",
+    )
     leftovers: list[str] = Field(
         default_factory=list,
         description="objects of half-deleted backups (a manifest without its dump, a sidecar "
@@ -72,6 +101,11 @@ class RetentionPlan(BaseModel):
     )
     incomplete_uploads: list[str] = Field(
         default_factory=list, description="stale multipart uploads / partial files to abort"
+    )
+    abandoned: list[str] = Field(
+        default_factory=list,
+        description="objects of backups whose run stopped before its manifest (a claim and "
+        "what it wrote), old enough that no running backup owns them: deleted",
     )
 
     @property
@@ -88,6 +122,10 @@ class RetentionPlan(BaseModel):
             text += f", {len(self.leftovers)} leftover objects"
         if self.incomplete_uploads:
             text += f", {len(self.incomplete_uploads)} incomplete uploads to abort"
+        if self.abandoned:
+            text += f", {len(self.abandoned)} objects of unfinished backups"
+        if self.unreadable:
+            text += f", {len(self.unreadable)} unreadable manifests left alone"
         return text + (f"; REFUSED: {self.refused}" if self.refused else "")
 
     def table(self) -> list[dict[str, object]]:
@@ -95,6 +133,7 @@ class RetentionPlan(BaseModel):
         return [
             {
                 "backup": i.backup_id,
+                "server": i.server,
                 "started": i.started_at.isoformat(timespec="seconds"),
                 "age": i.age,
                 "verified": {True: "yes", False: "FAILED", None: "-"}[i.verified],
@@ -121,7 +160,7 @@ def _period_key(when: datetime, period: Period, tz: pendulum.Timezone) -> tuple[
 def human_age(delta: timedelta) -> str:
     seconds = delta.total_seconds()
     if seconds < 0:
-        return "in the future"
+        return "in the future" if seconds < -CLOCK_TOLERANCE.total_seconds() else "0m"
     if seconds < 3600:
         return f"{int(seconds // 60)}m"
     if seconds < 86400 * 2:
@@ -136,28 +175,39 @@ def plan_retention(
     leftovers: Sequence[str] = (),
     ignored: Sequence[str] = (),
 ) -> RetentionPlan:
-    """Decide keep/delete for every backup, per database, naming the rules that keep each."""
+    """Decide keep/delete for every backup, per (server, database), naming the rules that keep
+    each. A backup dated in the future is kept, and makes the plan refuse."""
     plan = RetentionPlan(policy=policy, now=now, leftovers=list(leftovers), ignored=list(ignored))
-    by_db: dict[str, list[BackupInfo]] = {}
-    for backup in backups:
-        by_db.setdefault(backup.database, []).append(backup)
+    groups = group_backups(backups)
     window = policy.window()
-    stale: list[str] = []
-    for database in sorted(by_db):
-        group = sorted(by_db[database], key=lambda b: (b.started_at, b.backup_id), reverse=True)
-        rules = _keep_rules(group, policy, now)
-        newest_age = now - group[0].started_at
-        if window is not None and newest_age > window:
-            stale.append(
+    problems: list[str] = []
+    for key in sorted(groups):
+        server, database = key
+        future = [b for b in groups[key] if in_the_future(b.started_at, now)]
+        group = [b for b in groups[key] if b not in future]
+        problems += [future_problem(b, now) for b in future]
+        rules = _keep_rules(group, policy, now) if group else {}
+        for backup in future:
+            rules[backup.backup_id] = ["dated in the future"]
+        newest_age = now - group[0].started_at if group else None
+        if (
+            window is not None
+            and newest_age is not None
+            and newest_age > window
+            and not legacy_group(key, groups)
+        ):
+            problems.append(
                 f"the newest backup of {database} ({group[0].backup_id}) is "
                 f"{human_age(newest_age)} old, older than the policy's {human_age(window)} window"
+                ": backups seem to be failing"
             )
-        for backup in group:
+        for backup in groups[key]:
             kept_by = rules[backup.backup_id]
             plan.items.append(
                 PlanItem(
                     backup_id=backup.backup_id,
                     database=database,
+                    server=server,
                     started_at=backup.started_at,
                     age=human_age(now - backup.started_at),
                     labels=list(backup.labels),
@@ -167,14 +217,15 @@ def plan_retention(
                     reason=", ".join(kept_by) if kept_by else "no rule keeps it",
                 )
             )
-    if stale:
+    if problems:
         plan.refused = (
-            "; ".join(stale) + ": backups seem to be failing, so nothing is deleted; "
-            "fix the backups first, or prune with a window that covers the newest backup"
+            "; ".join(problems) + "; so nothing is deleted: fix the backups (or the clock, then "
+            "delete the future-dated backup by hand), or prune with a window that covers the "
+            "newest backup"
         )
         for item in plan.delete:
             item.action = "keep"
-            item.rules = ["refused: newest backup too old"]
+            item.rules = ["refused"]
             item.reason = "kept: prune refused (" + item.reason + ")"
     return plan
 

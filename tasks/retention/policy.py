@@ -16,6 +16,9 @@ from tasks.core.errors import ParameterError
 GUIDE_KEEP_DAYS = 7  # the guide's `find /backups -mtime +7 -delete`
 Period = Literal["daily", "weekly", "monthly", "yearly"]
 PERIOD_DAYS: dict[str, int] = {"daily": 1, "weekly": 7, "monthly": 31, "yearly": 366}
+# An upload or claimed backup younger than this may belong to a running backup. A 5 TiB
+# dump at 100 MB/s takes about 15 hours; prune also waits twice the longest recorded backup.
+MIN_ABANDON_HOURS = 6.0
 
 
 class RetentionPolicy(BaseModel):
@@ -150,3 +153,14 @@ def zone(name: str) -> pendulum.Timezone:
             "timezone",
             f"{name!r} is not a known time zone; use an IANA name such as UTC or Europe/Berlin",
         ) from None
+
+
+def check_abandon_hours(hours: float | None) -> None:
+    """0 would abort running backups: the threshold must outlast any backup."""
+    if hours is not None and not hours >= MIN_ABANDON_HOURS:
+        raise ParameterError(
+            "abort_uploads_older_than_hours",
+            f"{hours:g} would touch backups that are still running; use at least "
+            f"{MIN_ABANDON_HOURS:g} hours, more than your longest backup takes (default 24), "
+            "or leave it empty to never abort",
+        )

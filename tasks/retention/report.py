@@ -11,14 +11,13 @@ from tasks.retention.plan import RetentionPlan
 
 def publish_plan(plan: RetentionPlan, location: str, dry_run: bool) -> None:
     rows = plan.table()
-    rows += [
-        {"backup": name, "action": "delete", "why": "leftover of a half-deleted backup"}
-        for name in plan.leftovers
-    ]
-    rows += [
-        {"backup": key, "action": "abort", "why": "incomplete upload/partial write"}
-        for key in plan.incomplete_uploads
-    ]
+    for names, action, why in (
+        (plan.leftovers, "delete", "leftover of a half-deleted backup"),
+        (plan.incomplete_uploads, "abort", "incomplete upload/partial write"),
+        (plan.abandoned, "delete", "left by a backup run that never finished"),
+        (plan.unreadable, "keep", "unreadable: its backup is left alone"),
+    ):
+        rows += [{"backup": name, "action": action, "why": why} for name in names]
     if not rows:
         rows = [{"backup": "-", "action": "-", "why": f"no backups under {location}"}]
     verb = "Dry run" if dry_run else "Prune"

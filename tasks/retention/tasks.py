@@ -11,15 +11,17 @@ from tasks.backup.manifest import list_manifests
 from tasks.core.errors import retry_transient
 from tasks.core.settings import Settings
 from tasks.retention.inventory import (
+    Abandoned,
     Inventory,
     PruneResult,
-    abort_incomplete_writes,
     apply_plan,
-    stale_incomplete_writes,
+    clean_abandoned,
+    find_abandoned,
+    safe_age,
     take_inventory,
 )
 from tasks.retention.plan import BackupInfo, RetentionPlan
-from tasks.storage.destinations import IncompleteWrite, S3Options
+from tasks.storage.destinations import S3Options
 
 
 @task(name="scan-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -29,16 +31,16 @@ def scan_backups(
     database: str | None,
     uploads_older_than_hours: float | None,
     now: datetime,
-) -> tuple[Inventory, list[IncompleteWrite]]:
-    """Every backup (manifest + dump) under the destination, and incomplete writes to abort."""
+) -> tuple[Inventory, Abandoned]:
+    """Every backup (manifest + dump) under the destination, and what killed runs left."""
     destination = Settings.load(None, backup_url, s3).destination()
     get_run_logger().info("Reading backups under %s", destination.url)
     inventory = take_inventory(destination, database)
-    stale: list[IncompleteWrite] = []
+    abandoned = Abandoned()
     if uploads_older_than_hours is not None:
-        older_than = timedelta(hours=uploads_older_than_hours)
-        stale = stale_incomplete_writes(destination, older_than, now)
-    return inventory, stale
+        older_than = safe_age(inventory, timedelta(hours=uploads_older_than_hours))
+        abandoned = find_abandoned(destination, inventory, older_than, now)
+    return inventory, abandoned
 
 
 @task(name="delete-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -47,17 +49,20 @@ def delete_backups(
     s3: S3Options | None,
     plan: RetentionPlan,
     inventory: Inventory,
-    stale: list[IncompleteWrite],
+    abandoned: Abandoned,
 ) -> PruneResult:
-    """Dump first, globals and sidecar next, manifest last; then abort stale uploads."""
+    """Dump first, globals and sidecar next, manifest last; then what killed runs left, which
+    is cleaned even when the plan is refused (it is no backup, and no run owns it)."""
     logger = get_run_logger()
     destination = Settings.load(None, backup_url, s3).destination()
-    result = apply_plan(destination, plan, inventory)
+    result = PruneResult() if plan.refused else apply_plan(destination, plan, inventory)
     for backup_id in result.deleted_backups:
         logger.info("Deleted backup %s", backup_id)
-    result.aborted_uploads = abort_incomplete_writes(destination, stale)
-    for key in result.aborted_uploads:
-        logger.info("Aborted incomplete upload %s", key)
+    clean_abandoned(destination, abandoned)
+    result.aborted_uploads = [write.key for write in abandoned.uploads]
+    result.deleted_objects += [name for s in abandoned.started for name in s.present]
+    for name in abandoned.names():
+        logger.info("Cleaned %s, left by a run that never finished", name)
     return result
 
 
