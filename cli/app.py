@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
+from tasks.core import parameters
 from tasks.core.errors import DbopsError, ParameterError
+from tasks.core.parameters import describe
 
 # Without PREFECT_API_URL, Prefect starts a temporary server in this process; its first
 # start migrates a fresh database, which can take longer than Prefect's default wait.
@@ -39,6 +41,10 @@ BackupUrl = Annotated[
     typer.Option(
         "--to", help="s3://bucket/prefix or a directory; default $BACKUP_URL or ./backups"
     ),
+]
+FromServer = Annotated[
+    str | None,
+    typer.Option(help=describe(parameters.FromServer), show_default=False),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 Retries = Annotated[int, typer.Option(min=0, max=10, help="retries of transient errors")]

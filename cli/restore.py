@@ -9,6 +9,7 @@ import typer
 
 from cli.app import (
     DatabaseUrl,
+    FromServer,
     JsonFlag,
     Retries,
     app,
@@ -30,6 +31,7 @@ def restore(
     from_database: Annotated[
         str | None, typer.Option(help="with `latest`: whose backups (default: the target's)")
     ] = None,
+    from_server: FromServer = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
     as_json: JsonFlag = False,
@@ -44,6 +46,7 @@ def restore(
         backup_url=backups,
         clean=clean,
         from_database=from_database,
+        from_server=from_server,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
     )
@@ -71,13 +74,7 @@ def verify(
     database: Annotated[
         str | None, typer.Option(help="with `latest`: whose backups (default: DATABASE_URL's)")
     ] = None,
-    from_server: Annotated[
-        str | None,
-        typer.Option(
-            help="with `latest`: the system identifier of the server whose backups "
-            "(default: DATABASE_URL's server, or the only one with backups)"
-        ),
-    ] = None,
+    from_server: FromServer = None,
     smoke: Annotated[
         list[str] | None,
         typer.Option(

@@ -13,7 +13,7 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.core.errors import BackupCheck, BackupFaultError
-from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.parameters import DatabaseUrl, FromServer, documented
 from tasks.core.settings import reject_inline_password
 from tasks.restore.report import publish_verification_report
 from tasks.restore.restore_test import VerificationRecord
@@ -50,13 +50,7 @@ def verify_backup(
         ),
     ] = None,
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
-    from_server: Annotated[
-        str | None,
-        Field(
-            description="with `latest`: the system identifier of the server whose backups; "
-            "default DATABASE_URL's server, or the only server with backups"
-        ),
-    ] = None,
+    from_server: FromServer = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
 ) -> VerificationRecord:
     """Restore a backup into a scratch database, check it, and record the result beside it."""

@@ -24,9 +24,12 @@ from psycopg import sql
 
 from flows.backup import backup_database
 from flows.restore import restore_database
+from tasks.backup.catalog import BackupSource
+from tasks.core.errors import BackupFaultError, SurroundingsError
 from tasks.core.postgres import ConnInfo
+from tasks.core.streams import StderrTail
 from tasks.demo.sample_data import create_sample_database
-from tasks.restore.restore import user_object_count
+from tasks.restore.restore import restore_command, tool_failure, user_object_count
 from tasks.restore.swap import LEFTOVER, read_state
 from tests.conftest import REPO, content_checksums, new_database, run_cli
 
@@ -327,3 +330,33 @@ def test_a_1000_to_1_dump_restores_in_bounded_memory(prefect_api, pg, tmp_path):
         assert conn.execute("SELECT count(*) FROM blob").fetchone()[0] == rows
     peak_mb = usage.ru_maxrss / 1024
     assert peak_mb < 256, f"dbops restore peaked at {peak_mb:.0f} MB for a {rows} MB dump"
+
+
+@pytest.mark.parametrize(
+    ("statement", "blamed"),
+    [
+        (
+            "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '53100', "
+            "MESSAGE = 'could not extend file: No space left on device'; END $$;",
+            "server",
+        ),
+        ("CREATE TABLE broken (", "backup"),
+    ],
+)
+def test_a_full_disk_is_the_servers_fault_a_bad_statement_the_backups(
+    pg, empty_db, statement, blamed
+):
+    """The real psql's own error output decides who is to blame, by SQLSTATE."""
+    info = ConnInfo.parse(empty_db)
+    plain = BackupSource(destination=None, dump_name="x.sql", format="plain", compression="none")  # type: ignore[arg-type]
+    argv = [part.replace("{dbname}", info.dbname) for part in restore_command(plain, 15)]
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=info.child_env(),
+    )  # fmt: skip
+    tail = StderrTail(process.stderr)
+    process.communicate(statement.encode() + b"\n")
+    error = tool_failure("psql", process.returncode, tail, None)
+    expected = SurroundingsError if blamed == "server" else BackupFaultError
+    assert type(error) is expected, str(error)
+    assert "\n" not in str(error)

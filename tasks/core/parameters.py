@@ -59,6 +59,14 @@ S3Parameter = Annotated[S3Options | None, Field(description="S3 options; default
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 
+FromServer = Annotated[
+    str | None,
+    Field(
+        description="with `latest`: the system identifier of the server whose backups; "
+        "default DATABASE_URL's server, or the only server with backups"
+    ),
+]
+
 
 def describe(annotation: Any) -> str:
     """The description the Prefect UI shows for a parameter type: the CLI's help text too."""

@@ -30,9 +30,17 @@ class StderrTail:
         for line in self.stream:
             self.lines.append(line.decode(errors="replace").rstrip())
 
-    def last(self, secret: str | None) -> str:
+    def last(self, secret: str | None, containing: tuple[str, ...] = ("",)) -> str:
+        """The last non-empty line (that contains one of `containing`), secret masked."""
         self.thread.join(timeout=5)
-        text = next((line for line in reversed(self.lines) if line.strip()), "")
+        text = next(
+            (
+                line
+                for line in reversed(self.lines)
+                if line.strip() and any(mark in line for mark in containing)
+            ),
+            "",
+        )
         return text.replace(secret, "***") if secret else text
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,7 +24,13 @@ from tasks.backup.compression import DecompressingReader
 from tasks.backup.pipeline import table_row_counts
 from tasks.core.children import spawn
 from tasks.core.client_tools import find_client_tool
-from tasks.core.errors import BackupCheck, BackupFaultError, ConfigError
+from tasks.core.errors import (
+    BackupCheck,
+    BackupFaultError,
+    ConfigError,
+    DbopsError,
+    SurroundingsError,
+)
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn, server_version
 from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
 from tasks.restore.readback import check_stored
@@ -95,6 +102,8 @@ def restore_command(source: BackupSource, major: int) -> list[str]:
         "--quiet",
         "--set",
         "ON_ERROR_STOP=1",
+        "--set",
+        "VERBOSITY=verbose",  # errors carry their SQLSTATE: the server's fault or the backup's
         "--dbname",
         "{dbname}",
     ]
@@ -107,6 +116,25 @@ def _check_integrity(source: BackupSource, reader: HashingReader) -> bool:
     advice = "; nothing was restored, restore another backup"
     check_stored(source.url, reader, source.manifest.dump, advice)
     return True
+
+
+# SQLSTATE classes that blame the server, not the backup: connection exceptions, insufficient
+# resources (disk full, out of memory, too many connections), operator intervention, system
+# errors. psql exits 2 when it lost its connection.
+SURROUNDINGS_CLASSES = ("08", "53", "57", "58")
+SQLSTATE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):")
+
+
+def tool_failure(tool: str, code: int, tail: StderrTail, secret: str | None) -> DbopsError:
+    """A failed psql/pg_restore is the backup's fault unless the server says it was its own."""
+    line = tail.last(secret, ("ERROR:", "FATAL:", "PANIC:", "error:")) or tail.last(secret)
+    state = SQLSTATE.search(line)
+    if (tool == "psql" and code == 2) or (state and state.group(1)[:2] in SURROUNDINGS_CLASSES):
+        return SurroundingsError(
+            f"{tool} failed because of the server, not the backup: {line}; nothing was "
+            "restored, fix the server and try again"
+        )
+    return BackupFaultError(f"{tool} stopped at the first error: {line}", BackupCheck.RESTORE)
 
 
 def stream_into(
@@ -138,9 +166,7 @@ def stream_into(
             process.stdin.close()
         code = process.wait()
         if code != 0:
-            raise BackupFaultError(
-                f"{tool} stopped at the first error: {tail.last(secret)}", BackupCheck.RESTORE
-            )
+            raise tool_failure(tool, code, tail, secret)
         return reader, verified
     finally:
         if process.poll() is None:

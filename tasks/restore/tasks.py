@@ -30,13 +30,15 @@ def restore_backup(
     clean: bool,
     from_database: str | None,
     slot_wait_seconds: float = 3600,
+    from_server: str | None = None,
 ) -> RestoreResult:
     """Under the target's slot: never beside a backup, maintenance or migration of it."""
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
     target = settings.connection()
+    whose = from_database or target.dbname
     backup = resolve_source(
-        source, settings.backup_url, settings.s3, from_database or target.dbname
+        source, settings.backup_url, settings.s3, whose, from_server=from_server, home=target
     )
     logger.info("Restoring %s into %s", backup.url, target.redacted())
     if backup.manifest is None:
