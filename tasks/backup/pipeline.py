@@ -26,6 +26,7 @@ from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
+from tasks.core.children import spawn
 from tasks.core.client_tools import ClientTool, find_client_tool
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo, server_version
@@ -129,7 +130,7 @@ def stream_command_to(
     """Run command and store its stdout, compressed, as one complete object or none at all."""
     stats = StreamStats()
     started = time.perf_counter()
-    process = subprocess.Popen(
+    process = spawn(  # pg_dump dies with dbops: no orphan keeps the snapshot open
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     assert process.stdout is not None and process.stderr is not None

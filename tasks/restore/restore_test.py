@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from datetime import UTC, datetime
 
 import psycopg
@@ -42,6 +41,7 @@ from tasks.core.errors import (
 from tasks.core.postgres import ConnInfo, maintenance_conn, server_version
 from tasks.restore.readback import read_back
 from tasks.restore.restore import restore_command, run_restore
+from tasks.restore.swap import drop, helper_name
 from tasks.storage.destinations import Destination
 
 SMOKE_TIMEOUT = "60s"
@@ -80,12 +80,6 @@ class VerificationRecord(BaseModel):
     )
     recorded_at: str | None = Field(None, description="where the sidecar was written")
     dbops_version: str = ""
-
-
-def scratch_name(database: str) -> str:
-    """Unique, recognisable, and within PostgreSQL's 63-byte identifier limit."""
-    base = database.encode()[:30].decode(errors="ignore")
-    return f"{base}__dbops_verify_{uuid.uuid4().hex[:8]}"
 
 
 def sidecar_name(backup_id: str) -> str:
@@ -154,30 +148,22 @@ def verify_restore(
     record.backup_id = manifest.backup_id
     record.database = manifest.database
     record.sha256 = manifest.dump.sha256
-    scratch = server.with_dbname(scratch_name(manifest.database))
+    scratch = server.with_dbname(helper_name(manifest.database, "verify"))
     record.server = scratch.redacted()
     started = time.perf_counter()
     with maintenance_conn(scratch) as admin:
         major, _ = server_version(admin)
         restore_command(source, major)  # no psql/pg_restore: the surroundings' fault, raised
         record.roles_created = provide_roles(admin, manifest.roles, server)
-        name = sql.Identifier(scratch.dbname)
-        try:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
-        except psycopg.Error as exc:
-            raise SurroundingsError(
-                f"cannot create a scratch database on {server.redacted()} ({first_line(exc)}); "
-                "grant CREATEDB or set VERIFY_DATABASE_URL to a server where dbops may"
-            ) from None
-        try:
+        try:  # run_restore creates the scratch database and renames it into this name
             _check_backup(source, scratch, smoke_queries or [], record)
         finally:
             try:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                drop(admin, scratch.dbname)
             except psycopg.Error as exc:
                 raise SurroundingsError(
                     f"could not drop the scratch database {scratch.dbname!r} "
-                    f"({first_line(exc)}); drop it by hand"
+                    f"({first_line(exc)}); drop it by hand or with `dbops cleanup --yes`"
                 ) from None
     record.restore_seconds = round(time.perf_counter() - started, 3)
     record.verified_at = datetime.now(UTC)

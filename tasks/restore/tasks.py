@@ -6,6 +6,8 @@ Prefect parameters; only transient failures are retried.
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -80,7 +82,13 @@ def restore_test(
         source, settings.backup_url, settings.s3, whose, from_server=from_server, home=home
     )
     logger.info("Verifying %s in a scratch database on %s", backup.url, server.redacted())
-    record = verify_restore(backup, server, smoke_queries)
+    # A restore test loads its source's server like a restore does: it waits for the source
+    # database's slot when that database is the one DATABASE_URL names.
+    source_db = (
+        home if home and backup.manifest and backup.manifest.database == home.dbname else None
+    )
+    with database_slot(source_db) if source_db else contextlib.nullcontext():
+        record = verify_restore(backup, server, smoke_queries)
     logger.info("Verification of %s: %s", backup.url, "OK" if record.ok else record.detail)
     return record, backup.destination.url
 
