@@ -177,7 +177,7 @@ def schema_dump(url: str) -> str:
 
 def content_checksums(url: str) -> dict[str, tuple[int, str]]:
     """Row count and an order-independent checksum of every user table's content."""
-    from tasks.backup.pipeline import table_row_counts
+    from tasks.backup.row_counts import table_row_counts
 
     info = ConnInfo.parse(url)
     result = {}

@@ -20,15 +20,15 @@ from datetime import UTC, datetime
 from typing import IO
 
 import psycopg
-from psycopg import sql
 
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
+from tasks.backup.row_counts import CopyRowCounter, count_in_snapshot, user_tables
 from tasks.core.children import spawn
 from tasks.core.client_tools import ClientTool, find_client_tool
-from tasks.core.errors import DbopsError
+from tasks.core.errors import DbopsError, first_line
 from tasks.core.postgres import ConnInfo, server_version
 from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
@@ -103,7 +103,10 @@ class _Writer(threading.Thread):
 
 
 def _read_chunks(
-    stream: IO[bytes], stats: StreamStats, progress: ProgressCallback | None
+    stream: IO[bytes],
+    stats: StreamStats,
+    progress: ProgressCallback | None,
+    inspect: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
     while True:
         started = time.perf_counter()
@@ -114,6 +117,8 @@ def _read_chunks(
         stats.raw_bytes += len(chunk)
         if progress:
             progress(stats.raw_bytes)
+        if inspect:
+            inspect(chunk)
         yield chunk
 
 
@@ -126,8 +131,11 @@ def stream_command_to(
     level: int,
     secret: str | None,
     progress: ProgressCallback | None = None,
+    inspect: Callable[[bytes], None] | None = None,
 ) -> StreamStats:
-    """Run command and store its stdout, compressed, as one complete object or none at all."""
+    """Run command and store its stdout, compressed, as one complete object or none at all.
+
+    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump)."""
     stats = StreamStats()
     started = time.perf_counter()
     process = spawn(  # pg_dump dies with dbops: no orphan keeps the snapshot open
@@ -141,7 +149,7 @@ def stream_command_to(
             writer = _Writer(sink, stats)
             writer.start()
             try:
-                chunks = _read_chunks(process.stdout, stats, progress)
+                chunks = _read_chunks(process.stdout, stats, progress, inspect)
                 for piece in compress_stream(chunks, compression, level):
                     writer.put(piece)
             finally:
@@ -161,30 +169,6 @@ def stream_command_to(
             process.wait()
     stats.seconds = time.perf_counter() - started
     return stats
-
-
-def table_row_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table that pg_dump dumps, in the caller's snapshot."""
-    tables = conn.execute(
-        """
-        SELECT n.nspname, c.relname
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'r'
-          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-          AND NOT EXISTS (
-              SELECT 1 FROM pg_depend d
-              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-        ORDER BY 1, 2
-        """
-    ).fetchall()
-    counts = {}
-    for schema, table in tables:
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-            sql.Identifier(schema), sql.Identifier(table)
-        )
-        counts[f"{schema}.{table}"] = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
-    return counts
 
 
 def referenced_roles(conn: psycopg.Connection) -> list[str]:
@@ -254,17 +238,20 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [suffix]
         claim = claim_backup_id(request.destination, info.dbname, started_at, suffixes, identity)
         backup_id = claim.backup_id
-        counts: dict[str, int] = {}
+        tables = user_tables(snapshot_conn)
+        stream_counter = CopyRowCounter() if request.format == "plain" else None
+        counted: dict[str, int] = {}
         count_error: list[BaseException] = []
 
-        def count_rows() -> None:
+        def count_rows() -> None:  # custom archives cannot be read on the way: count aside
             try:
-                counts.update(table_row_counts(snapshot_conn))
+                counted.update(count_in_snapshot(info, snapshot, tables))
             except BaseException as exc:  # noqa: BLE001 - reported after the dump
                 count_error.append(exc)
 
         counter = threading.Thread(target=count_rows, name="row-counts", daemon=True)
-        counter.start()
+        if stream_counter is None:
+            counter.start()
         try:
             globals_info = None
             if request.include_globals:
@@ -279,11 +266,19 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 request.level,
                 info.password,
                 progress,
+                stream_counter.feed if stream_counter else None,
             )
             written.append(dump_name)
-            counter.join()
+            if stream_counter is not None:
+                counted = stream_counter.counts
+                missing = [t for t in tables if f"{t[0]}.{t[1]}" not in counted]
+                if missing:  # not in the stream (never expected): count them in the snapshot
+                    counted.update(count_in_snapshot(info, snapshot, missing))
+            else:
+                counter.join()
             if count_error:
-                raise DbopsError(f"counting rows failed: {count_error[0]}")
+                raise DbopsError(f"counting rows failed: {first_line(count_error[0])}")
+            counts = {f"{s}.{t}": counted[f"{s}.{t}"] for s, t in tables}
             finished_at = datetime.now(UTC)
             from tasks import __version__
 
@@ -316,7 +311,8 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
             write_manifest(request.destination, manifest)
             return manifest
         except BaseException:
-            counter.join(timeout=30)
+            if counter.is_alive():
+                counter.join(timeout=30)
             for name in [*written, claim.name]:  # a backup that never got its manifest
                 request.destination.delete(name)
             raise

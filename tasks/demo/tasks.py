@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from pydantic import BaseModel
 
-from tasks.backup.pipeline import table_row_counts
+from tasks.backup.row_counts import table_row_counts
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo
 from tasks.demo.sample_data import create_sample_database

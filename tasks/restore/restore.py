@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
-from tasks.backup.pipeline import table_row_counts
+from tasks.backup.row_counts import table_row_counts
 from tasks.core.children import spawn
 from tasks.core.client_tools import find_client_tool
 from tasks.core.errors import (
