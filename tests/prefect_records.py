@@ -14,10 +14,10 @@ from uuid import UUID
 PAGE = 200
 
 
-def _all_pages(read: Callable[[int], list[Any]]) -> list[Any]:
+def _all_pages(read: Callable[..., list[Any]], **filters: Any) -> list[Any]:
     found: list[Any] = []
     while True:
-        page = read(len(found))
+        page = read(**filters, limit=PAGE, offset=len(found))
         found += page
         if len(page) < PAGE:
             return found
@@ -28,7 +28,7 @@ def flow_run_ids() -> set[UUID]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        runs = _all_pages(lambda offset: client.read_flow_runs(limit=PAGE, offset=offset))
+        runs = _all_pages(client.read_flow_runs)
     return {run.id for run in runs}
 
 
@@ -48,33 +48,15 @@ def records_text(run_ids: Iterable[UUID]) -> str:
     if not ids:
         return ""
     with get_client(sync_client=True) as client:
-        runs = _all_pages(
-            lambda offset: client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                limit=PAGE,
-                offset=offset,
-            )
-        )
-        task_runs = _all_pages(
-            lambda offset: client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                limit=PAGE,
-                offset=offset,
-            )
-        )
+        by_run = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        runs = _all_pages(client.read_flow_runs, flow_run_filter=by_run)
+        task_runs = _all_pages(client.read_task_runs, flow_run_filter=by_run)
         logs = _all_pages(
-            lambda offset: client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)),
-                limit=PAGE,
-                offset=offset,
-            )
+            client.read_logs, log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids))
         )
         artifacts = _all_pages(
-            lambda offset: client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)),
-                limit=PAGE,
-                offset=offset,
-            )
+            client.read_artifacts,
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)),
         )
     assert {run.id for run in runs} == set(ids)
     records: list[Any] = []

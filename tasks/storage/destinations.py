@@ -1,8 +1,9 @@
 """One storage abstraction over S3 (and S3-compatible stores) and local directories.
 
 Nothing else in dbops knows which one it is talking to. Writes are atomic: a
-local object is written under a temporary name and renamed; an S3 object is a
-multipart upload that is completed on success and aborted on any failure.
+local object is written under a temporary name and renamed; an S3 object is one
+PutObject, or a multipart upload (`multipart.py`: growing parts, a few in flight)
+completed on success and aborted on any failure.
 """
 
 from __future__ import annotations
