@@ -16,7 +16,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
-from tasks.core.errors import DbopsError, TransientError, first_line
+from tasks.core.errors import ConfigError, DbopsError, TransientError, first_line
 
 # libpq keyword -> environment variable understood by pg_dump, psql, pg_restore.
 LIBPQ_ENV = {
@@ -81,18 +81,28 @@ class ConnInfo:
 
     @classmethod
     def parse(cls, url: str) -> ConnInfo:
+        """Parse a libpq URI or key=value string; errors never quote the URL or a piece of it.
+
+        A password may hold any character once percent-encoded; a literal `%`, `@`, `/`,
+        `?`, `#` or space would make libpq read a piece of it as a host or a database
+        name (which then appears in error messages), so such URLs are refused instead.
+        """
         text = url.strip()
         if not text:
-            raise DbopsError("the database URL is empty; use postgresql://user@host:5432/dbname")
+            raise ConfigError("the database URL is empty; use postgresql://user@host:5432/dbname")
         app_params: dict[str, str] = {}
         if "://" in text:
             scheme = text.split("://", 1)[0]
             if scheme not in ("postgresql", "postgres"):
-                raise DbopsError(
-                    f"database URL scheme {scheme!r} is not supported; "
+                raise ConfigError(
+                    f"database URL scheme {scheme[:20]!r} is not supported; "
                     "use postgresql://user@host:5432/dbname"
                 )
-            parts = urlsplit(text)
+            _check_userinfo(text.split("://", 1)[1])
+            try:
+                parts = urlsplit(text)
+            except ValueError:
+                raise _malformed("its host part cannot be read (an unmatched [ or ])") from None
             query = parse_qsl(parts.query, keep_blank_values=True)
             kept = []
             for key, value in query:
@@ -104,16 +114,10 @@ class ConnInfo:
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(text).items() if v is not None}
         except psycopg.ProgrammingError as exc:
-            raise DbopsError(
-                f"malformed database URL ({first_line(exc)}); "
-                "use postgresql://user:password@host:5432/dbname"
-            ) from None
+            raise _malformed(_libpq_parse_problem(str(exc))) from None
         for port in filter(None, params.get("port", "").split(",")):
             if not port.isdigit() or not 0 < int(port) < 65536:
-                raise DbopsError(
-                    f"malformed database URL (port {port!r} is not a number from 1 to 65535); "
-                    "use postgresql://user:password@host:5432/dbname"
-                )
+                raise _malformed("the port is not a number from 1 to 65535")
         return cls(params=params, app_params=app_params)
 
     @property
@@ -168,12 +172,59 @@ class ConnInfo:
             raise explain_connect_error(exc, self) from None
 
 
+# Characters that end or split the user:password part of a URI, so libpq would read a piece
+# of the password as the host, the port or the database (and name it in its errors).
+_USERINFO_BREAKERS = re.compile(r"[@/?#\[\]\s]|%(?![0-9A-Fa-f]{2})")
+ENCODE_HINT = (
+    "percent-encode them (% as %25, @ as %40, / as %2F, # as %23, a space as %20), e.g. "
+    """python3 -c 'import urllib.parse; print(urllib.parse.quote(input(), safe=""))'"""
+)
+
+
+def _check_userinfo(rest: str) -> None:
+    at = rest.rfind("@")
+    if at >= 0 and _USERINFO_BREAKERS.search(rest[:at]):
+        raise _malformed(
+            "the user name or password holds a character that must be percent-encoded, "
+            "or an @ follows the host",
+            ENCODE_HINT,
+        )
+
+
+def _malformed(
+    problem: str, fix: str = "use postgresql://user:password@host:5432/dbname"
+) -> ConfigError:
+    return ConfigError(
+        f"malformed database URL ({problem}; the URL is not shown, it may hold a password); {fix}"
+    )
+
+
+# libpq's parse errors quote the text around the problem, which may be the password: name
+# the problem instead.
+_LIBPQ_PARSE_PROBLEMS = (
+    ("invalid percent-encoded token", "a % that is not followed by two hexadecimal digits"),
+    ("forbidden value %00", "an encoded NUL (%00)"),
+    ("unexpected spaces found", "a space"),
+    ('missing "=" after', "a word without = in a key=value string (quote values: key='a b')"),
+    ("unterminated quoted string", "an unterminated quoted value"),
+    ("invalid connection option", "an unknown connection option"),
+    ("invalid URI query parameter", "an unknown query parameter"),
+    ("end of string reached when looking for matching", "an unmatched ["),
+    ("unexpected character", "an unexpected character in the host part"),
+)
+
+
+def _libpq_parse_problem(message: str) -> str:
+    for fragment, problem in _LIBPQ_PARSE_PROBLEMS:
+        if fragment in message:
+            return problem
+    return "libpq cannot read it"
+
+
 def explain_connect_error(exc: BaseException, info: ConnInfo) -> DbopsError:
     """Name what is wrong with a failed connection and how to fix it."""
-    message = str(exc)
+    message = _scrub(str(exc), info)
     where = info.redacted()
-    if info.password:
-        message = message.replace(info.password, "***")
     if "password authentication failed" in message or "no password supplied" in message:
         return DbopsError(
             f"cannot connect to {where}: password authentication failed for user "
@@ -198,12 +249,19 @@ def explain_connect_error(exc: BaseException, info: ConnInfo) -> DbopsError:
         or "No route to host" in message
         or "the database system is starting up" in message
     ):
-        reason = first_line(exc).removeprefix("connection failed: ")
+        reason = _scrub(first_line(exc), info).removeprefix("connection failed: ")
         return TransientError(
             f"cannot connect to {where}: server unreachable ({reason}); "
             "check host and port and that PostgreSQL is running"
         )
-    return DbopsError(f"cannot connect to {where}: {first_line(exc)}")
+    return DbopsError(f"cannot connect to {where}: {_scrub(first_line(exc), info)}")
+
+
+def _scrub(text: str, info: ConnInfo) -> str:
+    """libpq does not print passwords, but a server's or a proxy's message might."""
+    for secret in filter(None, (info.password, info.params.get("sslpassword"))):
+        text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
 
 
 def server_version(conn: psycopg.Connection) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """One storage abstraction over S3 (and S3-compatible stores) and local directories.
 
 Nothing else in dbops knows which one it is talking to. Writes are atomic: a
-local object is written under a temporary name and renamed; an S3 object is a
-multipart upload that is completed on success and aborted on any failure.
+local object is written under a temporary name and renamed; an S3 object is one
+PutObject, or a multipart upload (`multipart.py`: growing parts, a few in flight)
+completed on success and aborted on any failure.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import smart_open
 from pydantic import BaseModel, Field
 
 from tasks.core.errors import DbopsError, TransientError
+from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
 
 PARTIAL_MARK = ".partial-"
-# 16 MiB parts keep memory small; 10,000 parts allow objects up to ~160 GB.
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
 
 
 class S3Options(BaseModel):
@@ -211,6 +211,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class S3Destination(Destination):
+    # Part sizes and parts in flight of uploads (tests and benchmarks use others).
+    schedule: PartSchedule = DEFAULT_SCHEDULE
+
     def __init__(self, url: str, options: S3Options) -> None:
         rest = url[len("s3://") :]
         bucket, _, prefix = rest.partition("/")
@@ -252,26 +255,18 @@ class S3Destination(Destination):
 
     @contextlib.contextmanager
     def open_write(self, name: str) -> Iterator[IO[bytes]]:
-        params = {
-            "client": self.client,
-            "min_part_size": DEFAULT_PART_SIZE,
-            "client_kwargs": {"S3.Client.create_multipart_upload": self._write_args()},
-        }
+        writer = MultipartWriter(
+            self.client, self.bucket, self.key(name), self._write_args(), self.schedule
+        )
+        # Completed only when the block ends cleanly; any failure, including one while the
+        # last parts upload or the upload completes, aborts it: no object, no parts kept.
         try:
-            stream = smart_open.open(
-                self.url_for(name), "wb", compression="disable", transport_params=params
-            )
-        except botocore.exceptions.ClientError as exc:
-            raise _explain_s3_error(exc, self.bucket) from None
-        # Completed only by a clean close; any failure, including one inside close()
-        # while the last part uploads, aborts the multipart upload.
-        try:
-            yield stream
-            stream.close()
+            yield writer  # type: ignore[misc]
+            writer.complete()
         except BaseException as exc:
             with contextlib.suppress(Exception):
-                stream.terminate()
-            if isinstance(exc, botocore.exceptions.ClientError):
+                writer.abort()
+            if isinstance(exc, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
                 raise _explain_s3_error(exc, self.bucket) from None
             raise
 
