@@ -48,10 +48,9 @@ def decide(
         return Decision(DatabaseState.RESTORED, True, (f"`{plan.command}`",))
     undone = list(progress.applied)
     if isinstance(failure, MigrationFailed) and failure.committed_statements:
-        undone.append(
-            f"{failure.migration_id} (its first {failure.committed_statements} statements, "
-            "outside a transaction)"
-        )
+        count = failure.committed_statements
+        which = "statement 1" if count == 1 else f"statements 1-{count}"
+        undone.append(f"{failure.migration_id} ({which} of it, outside a transaction)")
     if undone and not cancelled:
         return Decision(DatabaseState.RESTORED, True, tuple(undone))
     if progress.unfinished:
