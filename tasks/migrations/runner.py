@@ -111,6 +111,7 @@ class _Run:
             settings.append(("client_connection_check_interval", CLIENT_CHECK_INTERVAL))
         for name, value in settings:
             self.conn.execute("SELECT set_config(%s, %s, %s)", [name, value, local])
+        ensure_history_table(self.conn)  # in the migration's transaction: gone if it rolls back
         insert_history(self.conn, self.migration, self.applied_by)
 
     def failed(
@@ -193,7 +194,6 @@ def apply_migration(
     statements = split_statements(read_planned(migration))
     with info.connect(autocommit=True) as conn, _cancel_when_interrupted(conn):
         conn.add_notice_handler(lambda d: log(f"{migration.id}: {d.severity} {d.message_primary}"))
-        ensure_history_table(conn)
         run = _Run(conn, migration, applied_by, options, log)
         started = time.perf_counter()
         if migration.transactional:
