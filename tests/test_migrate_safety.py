@@ -25,6 +25,7 @@ from tests.test_migrate import (
     execute,
     history,
     migrate,
+    migrate_impatiently,
     run_dbops,
     snapshot,
     write_migrations,
@@ -74,13 +75,7 @@ def test_lock_never_granted_restores_nothing_and_loses_no_write(prefect, app_db,
     writer.start()
     where = tmp_path / "backups"
     try:
-        state = migrate(
-            database_url=app_db,
-            backup_url=str(where),
-            migrations=str(root),
-            lock_timeout_seconds=0.2,
-            lock_retries=2,
-        )
+        state = migrate_impatiently(app_db, where, root)
         time.sleep(0.3)  # a few more writes after the run ended
     finally:
         writer.stop.set()
