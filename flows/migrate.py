@@ -263,9 +263,10 @@ def _settle(
     plan = summary.plan
     cancelled = isinstance(failure, Interrupted)
     applied = [a.id for a in summary.applied or []]
-    progress = (
-        read_progress(database_url, plan) if summary.backup and plan.mode == "directory" else None
-    ) or seen_progress(applied, failure)
+    recorded = None
+    if summary.backup and plan.mode == "directory":
+        recorded = read_progress(database_url, plan)  # None when the history cannot be read
+    progress = recorded if recorded is not None else seen_progress(applied, failure)
     decision = decide(plan, progress, failure, cancelled)
     state, error = decision.state, None
     if decision.restore and summary.backup is not None:
