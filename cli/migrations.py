@@ -82,21 +82,38 @@ def migrate(
         bool,
         typer.Option(help="fail on new invalid indexes or NOT VALID constraints"),
     ] = True,
+    slot_wait: Annotated[
+        float, typer.Option(min=0.001, help="seconds to wait for other dbops jobs on the database")
+    ] = 3600,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="only remove the records of migrations that started outside a transaction and "
+            "never finished, after you checked the database by hand (needs --yes)",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="confirm --repair")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Back up, migrate, verify; restore the backup if anything fails. Exit 0 only when the
-    migration is applied and verified."""
+    """Back up, migrate, verify; restore the backup if something applied fails. Exit 0 only
+    when the migration is applied and verified."""
     from flows.migrate import migrate_database
     from tasks.migrations.outcomes import MigrationStatus
 
     use_database_url(database_url)
     if migrations and command:
         fail("give --migrations DIR or --command CMD, not both")
+    if repair and not yes:
+        fail(
+            "--repair forgets migrations that started and never finished; check the database "
+            "against them first (statements that committed, INVALID indexes), then add --yes"
+        )
     if not command:
         migrations = migrations or _default_migrations_dir()
-        if not migrations:
+        if not migrations and not repair:
             fail("no migrations found; pass --migrations DIR or --command 'alembic upgrade head'")
-        migrations = os.path.abspath(migrations)
+        migrations = os.path.abspath(migrations) if migrations else None
     result = run_flow(
         migrate_database,
         backup_url=to,
@@ -112,9 +129,14 @@ def migrate(
         lock_timeout_seconds=lock_timeout,
         lock_retries=lock_retries,
         statement_timeout_seconds=statement_timeout,
+        slot_wait_seconds=slot_wait,
+        repair=repair,
     )
     plan = result.plan
-    if result.status == MigrationStatus.PLANNED:
+    if result.status == MigrationStatus.REPAIRED:
+        removed = ", ".join(result.repaired or []) or "nothing unfinished was recorded"
+        lines = [f"repaired the migration history of {plan.database}: {removed}"]
+    elif result.status == MigrationStatus.PLANNED:
         if plan.mode == "command":
             lines = [f"would back up {plan.database}, then run: {plan.command}"]
         else:

@@ -1,15 +1,16 @@
-"""migrate-database: lock, plan, back up, migrate, verify; restore the backup when anything fails.
+"""migrate-database: lock, plan, back up, migrate, verify; restore the backup when something
+that was applied fails.
 
 The guide's production sequence (back up, migrate, verify, restore the backup if
 something is wrong) as one flow that CD triggers through the Prefect API and
 that answers with its final state: Completed only when the migration is applied
-and verified; Failed otherwise, with a message saying whether the database was
-restored and from which backup.
+and verified; Failed otherwise, Cancelled when cancelled, with a message saying
+what was applied, whether the database was restored, and the backup.
 
-Backup, migration and verification run inside one Prefect transaction; the
-backup task's rollback hook restores the backup it made, so any failure after
-the backup (a migration error, a lock timeout, a failed check) puts the database
-back as it was before the run.
+The whole run holds the migration lock and the database's dbops slot, so no
+backup, restore or maintenance job of the database runs beside it. The backup is
+restored only when something of this run committed: a failure before that (a
+lock never granted, the first migration failing) loses no write.
 """
 
 from __future__ import annotations
@@ -18,27 +19,36 @@ import time
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
-from prefect.transactions import Transaction, transaction
+from prefect.states import Cancelled, State
 from pydantic import Field
 
-from tasks.core.errors import DbopsError, ParameterError
+from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.checks import read_checks_file
-from tasks.migrations.lock import migration_lock_for
-from tasks.migrations.outcomes import MigrationStatus, MigrationSummary
-from tasks.migrations.report import failure_message, publish_plan, publish_report
+from tasks.migrations.ending import Ending, decide, ending_message, seen_progress
+from tasks.migrations.lock import exclusive_migration
+from tasks.migrations.outcomes import DatabaseState, MigrationStatus, MigrationSummary
+from tasks.migrations.report import publish_plan, publish_report
 from tasks.migrations.runner import RunOptions
 from tasks.migrations.tasks import (
     apply_one,
     migration_command,
     plan_migrations,
     pre_migration_backup,
-    rollback_outcome,
+    read_progress,
+    repair_history,
+    restore_pre_migration_backup,
     verify_schema,
 )
 from tasks.storage.destinations import S3Options
+
+SlotWait = Annotated[
+    float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
+]
+Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 
 @flow(name="migrate-database")
@@ -134,11 +144,26 @@ def migrate_database(
         S3Options | None,
         Field(description="S3 options for backup_url; default from AWS_* and DBOPS_S3_*"),
     ] = None,
-) -> MigrationSummary:
-    """Back up, migrate, verify; restore the backup if anything fails. Completed only when the
-    migration is applied and verified."""
+    slot_wait_seconds: SlotWait = 3600,
+    repair: Annotated[
+        bool,
+        Field(
+            description="only remove the records of migrations that started outside a "
+            "transaction and never finished, after you checked the database; migrate nothing"
+        ),
+    ] = False,
+) -> MigrationSummary | State:
+    """Back up, migrate, verify; restore the backup if something applied fails. Completed only
+    when the migration is applied and verified."""
     reject_inline_password(database_url, "database_url")
-    if (migrations is None) == (command is None):
+    if repair and (command is not None or dry_run):
+        raise ParameterError(
+            "repair",
+            "clears the built-in runner's unfinished records and changes nothing else: not with "
+            "command (use the tool's own repair, e.g. `prisma migrate resolve`) nor dry_run",
+            ("command", "dry_run"),
+        )
+    if not repair and (migrations is None) == (command is None):
         raise ParameterError(
             "migrations",
             "or command: give one, not both and not neither: migrations is a directory of SQL "
@@ -159,36 +184,46 @@ def migrate_database(
         return MigrationSummary.of(plan, MigrationStatus.PLANNED)
 
     run_id = str(flow_run.id or "local")
-    with migration_lock_for(database_url, lock_wait_seconds, owner=run_id, log=logger.info) as lock:
-        logger.info(
-            "Holding the migration lock of %s (waited %.1f s)", lock.database, lock.waited_seconds
-        )
-        plan, baseline = plan_migrations(database_url, migrations, command, target_version)
-        publish_plan(plan)
-        summary = MigrationSummary.of(plan, MigrationStatus.APPLIED)
-        verify_args = (
-            database_url,
-            checks_sql,
-            verify_sql or "",
-            verify_command,
-            workdir,
-            baseline,
-            builtin_checks,
-            command_timeout_seconds,
-        )
-        if plan.mode == "directory" and not plan.pending:
-            summary.status = MigrationStatus.UP_TO_DATE
-            try:
-                summary.checks = verify_schema(*verify_args)
-            except DbopsError as exc:
-                raise DbopsError(f"nothing to migrate, but {exc}; nothing was changed") from None
-            summary.seconds = round(time.perf_counter() - started, 3)
-            publish_report(summary)
-            return summary
+    summary: MigrationSummary | None = None
+    try:
+        with exclusive_migration(
+            database_url, lock_wait_seconds, slot_wait_seconds, owner=run_id, log=logger.info
+        ) as lock:
+            logger.info(
+                "Holding the migration lock and the dbops slot of %s (waited %.1f s)",
+                lock.database,
+                lock.waited_seconds,
+            )
+            if repair:
+                summary = repair_history(database_url, migrations)
+                publish_report(summary)
+                return summary
+            plan, baseline = plan_migrations(database_url, migrations, command, target_version)
+            publish_plan(plan)
+            summary = MigrationSummary.of(plan, MigrationStatus.APPLIED)
+            verify_args = (
+                database_url,
+                checks_sql,
+                verify_sql or "",
+                verify_command,
+                workdir,
+                baseline,
+                builtin_checks,
+                command_timeout_seconds,
+            )
+            if plan.mode == "directory" and not plan.pending:
+                summary.status = MigrationStatus.UP_TO_DATE
+                try:
+                    summary.checks = verify_schema(*verify_args)
+                except DbopsError as exc:
+                    raise DbopsError(
+                        f"nothing to migrate, but {exc}; nothing was changed"
+                    ) from None
+                summary.seconds = round(time.perf_counter() - started, 3)
+                publish_report(summary)
+                return summary
 
-        txn: Transaction | None = None
-        try:
-            with transaction() as txn:
+            try:
                 summary.backup = pre_migration_backup(
                     database_url, backup_url, s3, compression, plan.target_version
                 )
@@ -202,13 +237,54 @@ def migrate_database(
                         database_url, command, workdir, command_timeout_seconds
                     )
                 summary.checks = verify_schema(*verify_args)
-        except Exception as exc:
-            outcome = rollback_outcome(txn) if txn is not None else None
-            message = failure_message(plan.database, str(exc), summary.backup, outcome)
-            summary.status, summary.error = MigrationStatus.FAILED, message
-            publish_report(summary)
-            raise DbopsError(message) from None
+            except Exception as exc:
+                end = _settle(summary, exc, database_url, backup_url, s3)
+                raise DbopsError(ending_message(end)) from None
+    except Interrupted as signal:
+        if summary is None:
+            raise  # nothing was touched yet: Prefect's own cancelled/crashed state says so
+        end = _settle(summary, signal, database_url, backup_url, s3)
+        return Cancelled(message=ending_message(end))
     summary.seconds = round(time.perf_counter() - started, 3)
     publish_report(summary)
     logger.info("Migration of %s applied and verified", plan.database)
     return summary
+
+
+def _settle(
+    summary: MigrationSummary,
+    failure: BaseException,
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+) -> Ending:
+    """Decide from what this run committed whether to restore the backup; restore if so;
+    record the outcome in the summary and its report."""
+    plan = summary.plan
+    cancelled = isinstance(failure, Interrupted)
+    applied = [a.id for a in summary.applied or []]
+    recorded = None
+    if summary.backup and plan.mode == "directory":
+        recorded = read_progress(database_url, plan)  # None when the history cannot be read
+    progress = recorded if recorded is not None else seen_progress(applied, failure)
+    decision = decide(plan, progress, failure, cancelled)
+    state, error = decision.state, None
+    if decision.restore and summary.backup is not None:
+        outcome = restore_pre_migration_backup(database_url, backup_url, s3, summary.backup)
+        if not outcome.restored:
+            state, error = DatabaseState.ROLLBACK_FAILED, outcome.error
+        summary.undone = list(decision.undone)
+    end = Ending(
+        database=plan.database,
+        state=state if summary.backup else DatabaseState.UNCHANGED,
+        backup=summary.backup,
+        reason=None if cancelled else first_line(failure),
+        progress=progress,
+        undone=decision.undone,
+        pending=tuple(m.id for m in plan.pending),
+        rollback_error=error,
+    )
+    summary.status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
+    summary.database_state, summary.error = end.state, ending_message(end)
+    publish_report(summary)
+    return end

@@ -3,7 +3,8 @@
 Refuses unless the target is marked non-production (DBOPS_ENVIRONMENT where the
 flow runs, or a name ending in _dev/_test/_local) and `confirm` repeats the
 database's name. With `migrations`, the recreated database gets every migration
-of the directory, like `prisma migrate reset`.
+of the directory, like `prisma migrate reset`. The reset holds the database's
+dbops slot, so it never runs beside a backup, restore, migration or maintenance.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from flows.migrate import SlotWait
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.reset import ResetResult
@@ -31,7 +33,8 @@ def reset_database_flow(
         str | None,
         Field(description="apply this directory's migrations to the recreated database"),
     ] = None,
+    slot_wait_seconds: SlotWait = 3600,
 ) -> ResetResult:
     """Drop and recreate a non-production database (DEV ONLY), after confirmation."""
     reject_inline_password(database_url, "database_url")
-    return drop_and_recreate(database_url, confirm, migrations)
+    return drop_and_recreate(database_url, confirm, migrations, slot_wait_seconds)

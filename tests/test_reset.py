@@ -85,3 +85,15 @@ def test_cli_asks_before_resetting(prefect, pg):
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"non_production": "its name ends in _dev"' in done.stdout
     assert content_checksums(dev) == {}
+
+
+def test_reset_waits_for_another_job_on_the_database(prefect, pg):
+    from tests.test_migrate_safety import slot_held_elsewhere
+
+    dev = named_database(pg, "shop_dev")
+    with slot_held_elsewhere(dev):
+        state = reset_database_flow(
+            database_url=dev, confirm=dev.rsplit("/", 1)[-1], slot_wait_seconds=1, return_state=True
+        )
+    assert state.is_failed() and "another dbops job held" in state.message
+    assert content_checksums(dev)["public.keep"][0] == 5

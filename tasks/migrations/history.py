@@ -1,9 +1,13 @@
 """What a database says was applied: dbops' own history table, and Prisma's.
 
 `public.dbops_schema_history` has one row per migration (SHA-256, started and
-finished times, the Prefect run that applied it); the row is written in the
-migration's own transaction, so a migration is either applied and recorded or
-neither. Prisma's `_prisma_migrations` is read only, for teams moving over from
+finished times, the Prefect run that applied it). A transactional migration's
+row commits with its changes, so it is either applied and recorded or neither.
+A migration outside a transaction commits its row (finished_at NULL) before its
+first statement and finishes it after its last: a row left unfinished means it
+stopped part way, and runs are refused until an operator has checked the
+database and removed the row (`delete_unfinished`, the flow's repair).
+Prisma's `_prisma_migrations` is read only, for teams moving over from
 `prisma migrate deploy`, whose applied migrations must not run a second time.
 """
 
@@ -107,3 +111,16 @@ def finish_history(conn: psycopg.Connection, migration: Migration) -> None:
         ).format(history_name()),
         [migration.id],
     )
+
+
+def delete_unfinished(conn: psycopg.Connection) -> list[AppliedMigration]:
+    """Forget migrations that started and never finished (after an operator checked them)."""
+    unfinished = [row for row in read_history(conn) if row.finished_at is None]
+    if unfinished:
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE finished_at IS NULL AND id = ANY(%s)").format(
+                history_name()
+            ),
+            [[row.id for row in unfinished]],
+        )
+    return unfinished

@@ -6,6 +6,9 @@ advisory-lock wait is such a transaction, so two migrators could deadlock.
 Polling with pg_try_advisory_lock from an idle autocommit session holds no
 snapshot, and gives up after a bounded wait with a message naming the holder.
 
+A migration run also holds the database's dbops slot (`exclusive_migration`),
+so no backup, restore or maintenance job of that database runs beside it.
+
 The lock lives in the target database. A rollback that replaces the database
 (restore into a scratch database, then DROP ... WITH (FORCE)) ends the lock's
 session; by then the run is over. A waiting migrator whose session is ended
@@ -24,6 +27,7 @@ import psycopg
 
 from tasks.core.errors import DbopsError
 from tasks.core.postgres import ConnInfo
+from tasks.core.slots import database_slot
 
 APPLICATION_NAME = "dbops-migrate"
 
@@ -133,15 +137,26 @@ def migration_lock(
             conn.close()
 
 
-def migration_lock_for(
+@contextlib.contextmanager
+def exclusive_migration(
     database_url: str | None,
-    wait_seconds: float,
+    lock_wait_seconds: float,
+    slot_wait_seconds: float,
     owner: str = "",
     log: Callable[[str], None] | None = None,
-) -> contextlib.AbstractContextManager[MigrationLock]:
-    """migration_lock for a flow parameter (secret://BLOCK, a password-less URL or None for
-    DATABASE_URL), resolved here so the password never passes through the flow."""
+) -> Iterator[MigrationLock]:
+    """The migration lock, then the database's dbops slot, for a whole migration run.
+
+    The lock comes first: another migrator is told within lock_wait_seconds who holds it,
+    while waiting for a backup or maintenance job to finish holds nothing they need. The
+    flow parameter is resolved here (secret://BLOCK, a password-less URL or None for
+    DATABASE_URL), so the password never passes through the flow.
+    """
     from tasks.core.settings import Settings
 
     info = Settings.load(database_url).connection()
-    return migration_lock(info, wait_seconds, owner=owner, log=log)
+    with (
+        migration_lock(info, lock_wait_seconds, owner=owner, log=log) as lock,
+        database_slot(info, slot_wait_seconds),
+    ):
+        yield lock

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from tasks.migrations.checks import CheckResult
 from tasks.migrations.command import CommandResult
@@ -17,7 +17,29 @@ class MigrationStatus(StrEnum):
     PLANNED = "planned"  # dry run: nothing changed
     UP_TO_DATE = "up-to-date"  # nothing pending: checked, nothing backed up or changed
     APPLIED = "applied"  # backed up, migrated and verified
-    FAILED = "failed"  # rolled back (or the rollback failed: see error)
+    FAILED = "failed"  # see database_state: unchanged, restored, or the rollback failed
+    CANCELLED = "cancelled"  # interrupted: see database_state; never restored
+    REPAIRED = "repaired"  # repair: unfinished history rows removed, nothing migrated
+
+
+class DatabaseState(StrEnum):
+    """Where a run that did not complete left the database (its final message says it too)."""
+
+    UNCHANGED = "unchanged"  # nothing was applied; not restored, no write lost
+    UNFINISHED = "unfinished"  # a migration outside a transaction stopped part way: repair
+    MIGRATED = "migrated"  # cancelled: the recorded migrations are applied; not restored
+    RESTORED = "restored"  # something was applied, the pre-migration backup was restored
+    ROLLBACK_FAILED = "rollback-failed"  # something was applied and the restore failed
+    UNKNOWN = "unknown"  # an interrupted migration command: it alone knows what it did
+
+
+class RunProgress(BaseModel):
+    """What this run got into the database, as its history table says after a failure."""
+
+    applied: list[str] = Field(default_factory=list, description="finished and recorded")
+    unfinished: list[str] = Field(
+        default_factory=list, description="started outside a transaction, never finished"
+    )
 
 
 class PreMigrationBackup(BaseModel):
@@ -49,6 +71,9 @@ class MigrationSummary(BaseModel):
     applied: list[AppliedResult] | None = None
     command: CommandResult | None = None
     checks: list[CheckResult] | None = None
+    database_state: DatabaseState | None = None
+    undone: list[str] | None = Field(None, description="applied, then undone by the restore")
+    repaired: list[str] | None = Field(None, description="unfinished records removed")
     seconds: float | None = None
     error: str | None = None
 

@@ -15,7 +15,6 @@ from tasks.core.postgres import ConnInfo
 from tasks.migrations.command import command_argv
 from tasks.migrations.files import Migration, discover_migrations
 from tasks.migrations.history import (
-    HISTORY_SCHEMA,
     HISTORY_TABLE,
     AppliedMigration,
     read_history,
@@ -37,6 +36,20 @@ class MigrationPlan(BaseModel):
     pending: list[Migration] = Field(default_factory=list)
     out_of_order: list[str] = Field(default_factory=list)
     target_version: str
+
+
+class UnfinishedMigrationError(DbopsError):
+    """A migration outside a transaction started and never finished; an operator must look."""
+
+    def __init__(self, row: AppliedMigration) -> None:
+        super().__init__(
+            f"migration {row.id} started at {row.started_at} (run {row.applied_by}) and never "
+            "finished: it ran outside a transaction and stopped part way, so some of its "
+            "statements may have committed; check the database against it (e.g. INVALID "
+            "indexes), finish or undo it by hand, then clear its record with repair "
+            "(`dbops migrate --repair --yes`) and run again"
+        )
+        self.migration_id = row.id
 
 
 class DirectoryPlan(NamedTuple):
@@ -67,11 +80,7 @@ def plan_directory(
     on_disk = {m.id: m for m in migrations}
     for row in history:
         if row.finished_at is None:
-            raise DbopsError(
-                f"migration {row.id} started at {row.started_at} (run {row.applied_by}) but "
-                "never finished: it ran outside a transaction and failed half way; repair the "
-                f"database by hand, then delete its row from {HISTORY_SCHEMA}.{HISTORY_TABLE}"
-            )
+            raise UnfinishedMigrationError(row)
         migration = on_disk.get(row.id)
         if migration is None:
             raise DbopsError(

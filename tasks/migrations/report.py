@@ -1,8 +1,4 @@
-"""What a migration run shows: the plan and report artifacts, and the one-line failure message.
-
-The failure message is what CD sees as the run's state message: it says whether
-the database was restored, and from which backup, or how to restore it by hand.
-"""
+"""What a migration run shows: the plan and the report artifacts."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.artifacts import artifact_key
 from tasks.migrations.files import NO_TRANSACTION_MARKER
-from tasks.migrations.outcomes import MigrationSummary, PreMigrationBackup, RollbackOutcome
+from tasks.migrations.outcomes import MigrationSummary
 from tasks.migrations.plan import MigrationPlan
 
 
@@ -48,6 +44,10 @@ def publish_report(summary: MigrationSummary) -> None:
     if summary.backup:
         lines.append(f"- pre-migration backup: `{summary.backup.backup_id}` ({summary.backup.url})")
     lines += [f"- applied: `{a.id}` in {a.seconds} s" for a in summary.applied or []]
+    lines += [f"- undone by the restore: `{m}`" for m in summary.undone or []]
+    lines += [f"- unfinished record removed: `{m}`" for m in summary.repaired or []]
+    if summary.database_state:
+        lines.append(f"- database: {summary.database_state}")
     if summary.command:
         lines.append(f"- command: `{summary.command.command}` exited 0")
     lines += [
@@ -64,26 +64,3 @@ def publish_report(summary: MigrationSummary) -> None:
         )
     except Exception:  # noqa: BLE001 - a report must never hide the real outcome
         get_run_logger().warning("could not publish the migration report artifact")
-
-
-def failure_message(
-    database: str,
-    reason: str,
-    backup: PreMigrationBackup | None,
-    outcome: RollbackOutcome | None,
-) -> str:
-    if backup is None:
-        return f"pre-migration backup of {database} failed, nothing was migrated: {reason}"
-    where = f"{backup.backup_id} ({backup.url})"
-    if outcome and outcome.restored:
-        return (
-            f"migration rolled back: database {database} was restored from pre-migration backup "
-            f"{where} after: {reason}"
-        )
-    detail = outcome.error if outcome else "the rollback hook did not run"
-    return (
-        f"ROLLBACK FAILED: migration of {database} failed ({reason}) and restoring the "
-        f"pre-migration backup failed too ({detail}); the database may be half migrated: "
-        f"restore it by hand with `dbops restore {backup.backup_id} --clean` from the "
-        f"backup at {backup.url}"
-    )

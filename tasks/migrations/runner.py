@@ -7,14 +7,23 @@ table, so it is either applied and recorded or neither. One whose first line is
 a lock timeout (SQLSTATE 55P03) or a deadlock is retried with backoff, after
 the transaction released every lock it held, so a migration never queues
 traffic behind it for long.
+
+A failure raises `MigrationFailed`, which says how much of the migration
+committed (nothing for a transactional one; the statements before the failing
+one outside a transaction), so the flow restores a backup only when something
+changed. The history row of a migration outside a transaction is committed
+before its first statement and stays unfinished when it stops part way. When
+the run is interrupted (a cancel's SIGTERM), the running statement is cancelled
+in the server before the exception goes on, so no transaction is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 
 import psycopg
 from pydantic import BaseModel, Field
@@ -29,6 +38,34 @@ from tasks.migrations.statements import Statement, split_statements
 RETRY_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock"}
 
 Log = Callable[[str], None]
+
+# The server checks this often that dbops is still connected during a long statement, so a
+# killed dbops (SIGKILL, OOM) does not leave a migration's transaction holding its locks.
+CLIENT_CHECK_INTERVAL = "1s"
+
+
+class FailureKind(StrEnum):
+    CANNOT_START = "cannot-start"  # its history row could not be written: nothing ran
+    LOCK_NOT_GRANTED = "lock-not-granted"  # lock timeouts (or deadlocks) outlasted the retries
+    STATEMENT_FAILED = "statement-failed"
+
+
+class MigrationFailed(DbopsError):
+    """One migration failed; `committed_statements` of it committed (always 0 in a transaction)."""
+
+    def __init__(
+        self,
+        message: str,
+        migration_id: str,
+        transactional: bool,
+        kind: FailureKind,
+        committed_statements: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.migration_id = migration_id
+        self.transactional = transactional
+        self.kind = kind
+        self.committed_statements = committed_statements
 
 
 def _quiet(_: str) -> None:
@@ -66,39 +103,53 @@ class _Run:
 
     def start(self, local: bool) -> None:
         """Bound lock and statement time, and write the history row (finished_at empty)."""
-        self.conn.execute(
-            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            [
-                _milliseconds(self.options.lock_timeout_seconds),
-                local,
-                _milliseconds(self.options.statement_timeout_seconds),
-                local,
-            ],
-        )
+        settings = [
+            ("lock_timeout", _milliseconds(self.options.lock_timeout_seconds)),
+            ("statement_timeout", _milliseconds(self.options.statement_timeout_seconds)),
+        ]
+        if self.conn.info.server_version >= 140000:
+            settings.append(("client_connection_check_interval", CLIENT_CHECK_INTERVAL))
+        for name, value in settings:
+            self.conn.execute("SELECT set_config(%s, %s, %s)", [name, value, local])
+        ensure_history_table(self.conn)  # in the migration's transaction: gone if it rolls back
         insert_history(self.conn, self.migration, self.applied_by)
 
-    def cannot_start(self, exc: psycopg.Error) -> DbopsError:
+    def failed(
+        self, message: str, kind: FailureKind, committed_statements: int = 0
+    ) -> MigrationFailed:
+        migration = self.migration
+        return MigrationFailed(
+            message, migration.id, migration.transactional, kind, committed_statements
+        )
+
+    def cannot_start(self, exc: psycopg.Error) -> MigrationFailed:
         if isinstance(exc, psycopg.errors.UniqueViolation):
-            return DbopsError(
+            message = (
                 f"migration {self.migration.id} is already recorded as applied (another "
                 "migrator ran it just now?); run again to see the new plan"
             )
-        return DbopsError(f"cannot record migration {self.migration.id}: {_error_text(exc)}")
+        else:
+            message = f"cannot record migration {self.migration.id}: {_error_text(exc)}"
+        return self.failed(message, FailureKind.CANNOT_START)
 
     def retry_or_raise(
         self, statement: Statement, index: int, exc: psycopg.Error, attempt: int
     ) -> None:
         """Sleep before another attempt, or raise the one-line failure."""
         migration, options = self.migration, self.options
+        committed = 0 if migration.transactional else index - 1
         reason = RETRY_SQLSTATES.get(exc.sqlstate or "")
         if reason is None:
-            raise DbopsError(_failure(migration, statement, index, exc)) from None
+            message = _failure(migration, statement, index, exc)
+            raise self.failed(message, FailureKind.STATEMENT_FAILED, committed) from None
         if attempt >= options.lock_retries:
-            raise DbopsError(
+            raise self.failed(
                 f"migration {migration.id} gave up after {attempt + 1} attempts at statement "
                 f"{index} (line {statement.line}: {statement.summary}): {reason} "
                 f"({_error_text(exc)}); another session holds a conflicting lock: retry when "
-                "traffic is lower, or raise lock_timeout / lock_retries"
+                "traffic is lower, or raise lock_timeout / lock_retries",
+                FailureKind.LOCK_NOT_GRANTED,
+                committed,
             ) from None
         delay = options.backoff(attempt)
         self.log(
@@ -141,9 +192,8 @@ def apply_migration(
 ) -> AppliedResult:
     """Apply one migration and record it; retried from its start after a lock timeout."""
     statements = split_statements(read_planned(migration))
-    with info.connect(autocommit=True) as conn:
+    with info.connect(autocommit=True) as conn, _cancel_when_interrupted(conn):
         conn.add_notice_handler(lambda d: log(f"{migration.id}: {d.severity} {d.message_primary}"))
-        ensure_history_table(conn)
         run = _Run(conn, migration, applied_by, options, log)
         started = time.perf_counter()
         if migration.transactional:
@@ -157,6 +207,22 @@ def apply_migration(
         transactional=migration.transactional,
         lock_retries=retries,
     )
+
+
+@contextlib.contextmanager
+def _cancel_when_interrupted(conn: psycopg.Connection) -> Iterator[None]:
+    """A signal (a cancel's SIGTERM, Ctrl-C) cancels the running statement in the server and
+    ends the session, so its transaction rolls back now, not when the statement would end."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.cancel_safe(timeout=5)
+        with contextlib.suppress(Exception):
+            conn.close()
+        raise
 
 
 def _apply_in_transaction(run: _Run, statements: list[Statement]) -> int:
@@ -201,7 +267,11 @@ def _apply_outside_transaction(run: _Run, statements: list[Statement]) -> int:
                     run.retry_or_raise(statement, index, exc, attempt)
                     attempt += 1
                     retries += 1
-        finish_history(conn, run.migration)
+        try:
+            finish_history(conn, run.migration)
+        except psycopg.Error as exc:
+            message = f"migration {run.migration.id} ran but cannot be recorded: {_error_text(exc)}"
+            raise run.failed(message, FailureKind.STATEMENT_FAILED, len(statements)) from None
     finally:
         if not conn.closed and not conn.broken:
             with contextlib.suppress(psycopg.Error):  # never hide the migration's own error

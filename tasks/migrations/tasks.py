@@ -1,10 +1,9 @@
-"""The migration's Prefect tasks: plan, pre-migration backup (and its rollback), apply, verify;
-and the dev reset.
+"""The migration's Prefect tasks: plan, pre-migration backup, apply, verify, restore the backup,
+read what a run left in the history, repair; and the dev reset.
 
 Every task loads its settings itself from the flow's parameters, so a password
-in DATABASE_URL or a Secret block never passes through Prefect. The backup
-task's rollback hook restores the backup it made when anything after it in the
-same Prefect transaction fails.
+in DATABASE_URL or a Secret block never passes through Prefect. The flow, not a
+hook, decides whether the backup is restored: only when something was applied.
 """
 
 from __future__ import annotations
@@ -12,14 +11,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.transactions import Transaction, get_transaction
-from pydantic import BaseModel
 
 from tasks.backup.catalog import resolve_source
 from tasks.backup.compression import check_level
 from tasks.backup.tasks import take_backup
-from tasks.core.errors import BackupFaultError, DbopsError
+from tasks.core.errors import BackupFaultError, DbopsError, first_line
 from tasks.core.settings import Settings
+from tasks.core.slots import database_slot
 from tasks.migrations.checks import (
     CheckResult,
     SchemaBaseline,
@@ -30,7 +28,14 @@ from tasks.migrations.checks import (
 )
 from tasks.migrations.command import CommandResult, run_command
 from tasks.migrations.files import Migration, discover_migrations
-from tasks.migrations.outcomes import PreMigrationBackup, RollbackOutcome
+from tasks.migrations.history import delete_unfinished, read_history
+from tasks.migrations.outcomes import (
+    MigrationStatus,
+    MigrationSummary,
+    PreMigrationBackup,
+    RollbackOutcome,
+    RunProgress,
+)
 from tasks.migrations.plan import MigrationPlan, build_plan
 from tasks.migrations.reset import (
     ResetResult,
@@ -73,15 +78,6 @@ def plan_migrations(
     return plan, capture_baseline(info)
 
 
-class _RollbackStash(BaseModel):
-    """What the rollback hook needs to restore the backup; never the password."""
-
-    backup: PreMigrationBackup
-    database_url: str | None
-    backup_url: str | None
-    s3: S3Options
-
-
 @task(name="pre-migration-backup", cache_policy=NO_CACHE)
 def pre_migration_backup(
     database_url: str | None,
@@ -121,24 +117,21 @@ def pre_migration_backup(
         len(manifest.row_counts),
     )
     backup = PreMigrationBackup(backup_id=manifest.backup_id, url=url, sha256=manifest.dump.sha256)
-    txn = get_transaction()
-    if txn is not None:
-        stash = _RollbackStash(
-            backup=backup, database_url=database_url, backup_url=backup_url, s3=settings.s3
-        )
-        txn.set("backup", stash)
     return backup
 
 
-@pre_migration_backup.on_rollback
-def restore_pre_migration_backup(txn: Transaction) -> None:
-    """Put the database back as it was; record the outcome for the flow's final message."""
-    stash: _RollbackStash = txn.get("backup")
-    backup = stash.backup
+@task(name="restore-pre-migration-backup", cache_policy=NO_CACHE)
+def restore_pre_migration_backup(
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    backup: PreMigrationBackup,
+) -> RollbackOutcome:
+    """Put the database back as it was before the run; a failure is the outcome, not raised."""
     logger = get_run_logger()
     logger.warning("Rolling back: restoring pre-migration backup %s", backup.backup_id)
     try:
-        settings = Settings.load(stash.database_url, stash.backup_url, stash.s3)
+        settings = Settings.load(database_url, backup_url, s3)
         source = resolve_source(backup.backup_id, settings.backup_url, settings.s3)
         result = run_restore(source, settings.connection(), clean=True)
     except Exception as exc:  # noqa: BLE001 - reported loudly by the flow
@@ -149,8 +142,7 @@ def restore_pre_migration_backup(txn: Transaction) -> None:
             exc,
             backup.url,
         )
-        txn.set("rollback", RollbackOutcome(restored=False, backup=backup, error=str(exc)))
-        return
+        return RollbackOutcome(restored=False, backup=backup, error=first_line(exc))
     logger.warning(
         "Restored %s from %s (%d tables, checksum verified: %s)",
         result.target,
@@ -158,16 +150,47 @@ def restore_pre_migration_backup(txn: Transaction) -> None:
         result.tables,
         result.checksum_verified,
     )
-    txn.set("rollback", RollbackOutcome(restored=True, backup=backup, seconds=result.seconds))
+    return RollbackOutcome(restored=True, backup=backup, seconds=result.seconds)
 
 
-def rollback_outcome(txn: Transaction) -> RollbackOutcome | None:
-    """What the rollback hook recorded, if it ran."""
-    for child in txn.children:
-        outcome = child.get("rollback", None)
-        if outcome is not None:
-            return outcome
-    return None
+@task(name="read-migration-progress", cache_policy=NO_CACHE)
+def read_progress(database_url: str | None, plan: MigrationPlan) -> RunProgress | None:
+    """What this run's pending migrations left in the history table; None if unreadable."""
+    pending = {m.id for m in plan.pending}
+    try:
+        with Settings.load(database_url).connection().connect() as conn:
+            rows = [row for row in read_history(conn) if row.id in pending]
+    except Exception as exc:  # noqa: BLE001 - the flow falls back to what it saw itself
+        get_run_logger().warning("cannot read the migration history: %s", first_line(exc))
+        return None
+    return RunProgress(
+        applied=[row.id for row in rows if row.finished_at is not None],
+        unfinished=[row.id for row in rows if row.finished_at is None],
+    )
+
+
+@task(name="repair-migration-history", cache_policy=NO_CACHE)
+def repair_history(database_url: str | None, migrations: str | None) -> MigrationSummary:
+    """Remove the records of migrations that started and never finished; nothing else."""
+    logger = get_run_logger()
+    info = Settings.load(database_url).connection()
+    with info.connect() as conn:
+        removed = delete_unfinished(conn)
+    for row in removed:
+        logger.warning(
+            "Removed the unfinished record of %s (started %s by run %s)",
+            row.id,
+            row.started_at,
+            row.applied_by,
+        )
+    if not removed:
+        logger.info("No unfinished migration recorded; nothing to repair")
+    plan = MigrationPlan(
+        database=info.dbname, mode="directory", migrations=migrations, target_version="current"
+    )
+    summary = MigrationSummary.of(plan, MigrationStatus.REPAIRED)
+    summary.repaired = [row.id for row in removed]
+    return summary
 
 
 @task(name="apply-migration", task_run_name="apply-{migration.id}", cache_policy=NO_CACHE)
@@ -231,7 +254,10 @@ def verify_schema(
 
 @task(name="drop-and-recreate-database", cache_policy=NO_CACHE)
 def drop_and_recreate(
-    database_url: str | None, confirm: str | None, migrations: str | None
+    database_url: str | None,
+    confirm: str | None,
+    migrations: str | None,
+    slot_wait_seconds: float = 3600,
 ) -> ResetResult:
     """Refuse production and unconfirmed targets, then reset and apply the migrations."""
     logger = get_run_logger()
@@ -239,14 +265,15 @@ def drop_and_recreate(
     reason = non_production_reason(info.dbname)
     check_confirmation(info.dbname, confirm)
     found = discover_migrations(migrations) if migrations else []  # checked before the drop
-    logger.warning("Resetting %s (non-production: %s)", info.redacted(), reason)
-    owner = reset_database(info)
     applied = []
-    for migration in found:
-        applied.append(
-            apply_migration(info, migration, str(flow_run.id or "reset"), RunOptions()).id
-        )
-        logger.info("Applied %s", migration.id)
+    with database_slot(info, slot_wait_seconds):  # never beside a backup or migration of it
+        logger.warning("Resetting %s (non-production: %s)", info.redacted(), reason)
+        owner = reset_database(info)
+        for migration in found:
+            applied.append(
+                apply_migration(info, migration, str(flow_run.id or "reset"), RunOptions()).id
+            )
+            logger.info("Applied %s", migration.id)
     return ResetResult(
         database=info.dbname,
         target=info.redacted(),
