@@ -12,7 +12,7 @@ from tasks.backup.compression import check_level
 from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
 from tasks.core.errors import ParameterError
-from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.storage.destinations import S3Options
 
@@ -36,9 +36,7 @@ def backup_database(
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 2,
     retry_delay_seconds: Annotated[float, Field(ge=0, description="first retry delay")] = 30,
-    slot_wait_seconds: Annotated[
-        float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
-    ] = 3600,
+    slot_wait_seconds: SlotWait = 3600,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")

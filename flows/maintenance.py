@@ -15,7 +15,7 @@ from prefect.states import State
 from pydantic import Field
 
 from tasks.core.notify import FAILURE_HOOKS
-from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.maintenance.outcome import RunLimits
 from tasks.maintenance.reindex import index_plan_rows
@@ -33,9 +33,6 @@ LockTimeout = Annotated[
 ]
 DryRun = Annotated[bool, Field(description="only report what would be done")]
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of connection errors")]
-SlotWait = Annotated[
-    float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
-]
 AllTables = Annotated[
     bool, Field(description="every table, like `vacuumdb -z`, not only those that need it")
 ]

@@ -25,7 +25,7 @@ from prefect.states import Cancelled, State
 from pydantic import Field
 
 from tasks.core.errors import DbopsError, ParameterError, first_line
-from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.checks import read_checks_file
 from tasks.migrations.ending import Ending, decide, ending_message, seen_progress
@@ -45,9 +45,6 @@ from tasks.migrations.tasks import (
 )
 from tasks.storage.destinations import S3Options
 
-SlotWait = Annotated[
-    float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
-]
 Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 

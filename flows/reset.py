@@ -14,8 +14,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from flows.migrate import SlotWait
-from tasks.core.parameters import DatabaseUrl, documented
+from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.reset import ResetResult
 from tasks.migrations.tasks import drop_and_recreate

@@ -7,7 +7,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.core.parameters import FromServer, documented
+from tasks.core.parameters import FromServer, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.restore.report import publish_restore_report
 from tasks.restore.restore import RestoreResult
@@ -38,9 +38,7 @@ def restore_database(
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     from_server: FromServer = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
-    slot_wait_seconds: Annotated[
-        float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
-    ] = 3600,
+    slot_wait_seconds: SlotWait = 3600,
 ) -> RestoreResult:
     """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")

@@ -191,12 +191,13 @@ def test_backup_run_publishes_table_and_progress_artifacts(prefect, sample_db, t
     state = backup_database(database_url=sample_db, backup_url=str(tmp_path), return_state=True)
     assert state.is_completed()
     manifest = state.result()
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts()
-        task_runs = client.read_task_runs()
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
     run_id = state.state_details.flow_run_id
-    task_run_ids = {t.id for t in task_runs if t.flow_run_id == run_id}
-    mine = [a for a in artifacts if a.flow_run_id == run_id or a.task_run_id in task_run_ids]
+    with get_client(sync_client=True) as client:  # this run's artifacts only, not a first page
+        mine = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
     table = next(a for a in mine if a.type == "table")
     rows = {row["item"]: row["value"] for row in json.loads(table.data)}
     assert rows["backup"] == manifest.backup_id

@@ -105,7 +105,12 @@ def test_rest_api_run_of_the_nightly_backup_lands_in_s3(deployed, bucket, s3_cli
     finished = wait_for(deployed, run["id"])
     assert finished["state"]["type"] == "COMPLETED", deployed.log_tail("worker")
     names = keys(s3_client, bucket, "rest/")
-    assert len(names) == 2 and names[0].endswith(".manifest.json") and names[1].endswith(".sql.gz")
+    # A backup is its claim of the id, the dump, and the manifest written last.
+    assert len(names) == 3 and [n.rsplit(".", 2)[-2:] for n in names] == [
+        ["manifest", "json"],
+        ["sql", "gz"],
+        ["started", "json"],
+    ]
 
 
 def test_bad_parameters_are_rejected_by_the_schema(deployed):
@@ -129,7 +134,7 @@ def test_the_same_backup_twice_at_once_cancels_the_second(deployed, bucket, s3_c
     )
     states = sorted(wait_for(deployed, r["id"])["state"]["type"] for r in (first, second))
     assert states == ["CANCELLED", "COMPLETED"]
-    assert len(keys(s3_client, bucket, "twice/")) == 2  # one backup: dump + manifest
+    assert len(keys(s3_client, bucket, "twice/")) == 3  # one backup: claim, dump, manifest
 
 
 def test_a_schedule_fires_by_itself(deployed, bucket, s3_client, tmp_path):
@@ -226,7 +231,7 @@ def test_a_run_started_from_the_prefect_ui(deployed, bucket, s3_client):
         expect(page.get_by_text("sha256").first).to_be_visible(timeout=30_000)
         page.screenshot(path=str(SCREENSHOT.with_name("ui-backup-report.png")), full_page=True)
         browser.close()
-    assert len(keys(s3_client, bucket, "ui/")) == 2
+    assert len(keys(s3_client, bucket, "ui/")) == 3
 
 
 def test_fleet_spreads_backups_over_two_workers(deployed, pg, bucket, s3_client):

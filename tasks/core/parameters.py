@@ -59,6 +59,11 @@ S3Parameter = Annotated[S3Options | None, Field(description="S3 options; default
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 
+SlotWait = Annotated[
+    float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
+]
+"""Every heavy job waits for its database's slot this long (core/slots.py)."""
+
 FromServer = Annotated[
     str | None,
     Field(

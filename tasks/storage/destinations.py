@@ -103,6 +103,10 @@ class Destination:
     def abort_incomplete_write(self, write: IncompleteWrite) -> None:
         raise NotImplementedError
 
+    def create_if_absent(self, name: str, data: bytes) -> bool:
+        """Write `name` only if nothing has that name (never check-then-write); False if taken."""
+        raise NotImplementedError
+
     def read_bytes(self, name: str) -> bytes:
         with self.open_read(name) as stream:
             return stream.read()
@@ -195,6 +199,24 @@ class LocalDestination(Destination):
 
     def abort_incomplete_write(self, write: IncompleteWrite) -> None:
         (self.root / write.key).unlink(missing_ok=True)
+
+    def create_if_absent(self, name: str, data: bytes) -> bool:
+        self.check_writable()
+        final = self._path(name)
+        temp = final.with_name(f".{name}{PARTIAL_MARK}{uuid.uuid4().hex}")
+        try:
+            with open(temp, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            try:
+                os.link(temp, final)  # atomic, and fails when `final` exists: never replaces
+            except FileExistsError:
+                return False
+            _fsync_dir(final.parent)
+            return True
+        finally:
+            temp.unlink(missing_ok=True)
 
     def _path(self, name: str) -> Path:
         if "/" in name or name in ("", ".", ".."):
@@ -343,6 +365,29 @@ class S3Destination(Destination):
                     f"aborting the upload of s3://{self.bucket}/{write.key} failed ({code}); "
                     "grant s3:AbortMultipartUpload"
                 ) from None
+
+    def create_if_absent(self, name: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(name),
+                Body=data,
+                IfNoneMatch="*",
+                **self._write_args(),
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False  # taken; a conflict is a concurrent create of the same name
+            if code == "NotImplemented":
+                raise DbopsError(
+                    f"{self.url} does not support conditional writes (If-None-Match), which "
+                    "dbops needs to give every backup its own id; use a store that does"
+                ) from None
+            raise _explain_s3_error(exc, self.bucket) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+        return True
 
 
 def _explain_s3_error(exc: Exception, bucket: str) -> DbopsError:
