@@ -43,7 +43,10 @@ def recording_tools(bin_dir: Path, log: Path, names: tuple[str, ...]) -> Path:
 
 
 class FailingS3Proxy:
-    """Forwards S3 requests to moto, but answers UploadPart with 403 AccessDenied."""
+    """Forwards S3 requests to moto, but answers uploads of a dump with 403 AccessDenied.
+
+    Every UploadPart is refused, and so is the single PutObject of a dump smaller than a part.
+    """
 
     def __init__(self, upstream: str) -> None:
         target = urlsplit(upstream)
@@ -60,7 +63,8 @@ class FailingS3Proxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if self.command == "PUT" and "partNumber=" in self.path:
+                dump = ".sql" in self.path or ".dump" in self.path
+                if self.command == "PUT" and ("partNumber=" in self.path or dump):
                     proxy.failed_parts += 1
                     error = (
                         b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"

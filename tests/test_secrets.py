@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -14,6 +15,7 @@ from psycopg import sql
 from tasks.core.errors import ConfigError
 from tasks.core.postgres import ConnInfo
 from tasks.demo.sample_data import create_sample_database
+from tests.backup_helpers import invoke_dbops
 from tests.conftest import run_cli
 from tests.prefect_records import flow_run_ids, records_text
 
@@ -119,7 +121,11 @@ def commands(database: str, backups: Path, migrations: Path) -> dict[str, list[s
     }
 
 
-def run_all(prefect, database, url, tmp_path, password_in_url) -> dict[str, object]:
+def run_all(
+    prefect, database, url, tmp_path, password_in_url, in_process: bool = False
+) -> dict[str, object]:
+    """Every command once; as separate processes, or in this process (a CliRunner) where only
+    the refusal is checked, which needs no process start per command."""
     backups, migrations = tmp_path / "backups", tmp_path / "migrations"
     migrations.mkdir(exist_ok=True)
     (migrations / "0001_add_table.sql").write_text("CREATE TABLE hostile_check (id int);\n")
@@ -127,7 +133,13 @@ def run_all(prefect, database, url, tmp_path, password_in_url) -> dict[str, obje
     for name, args in commands(database, backups, migrations).items():
         target = url(password_in_url, f"{database}_restored") if name == "restore" else None
         env = {"DATABASE_URL": target or url(password_in_url), "PGPASSFILE": "/nonexistent"}
-        results[name] = run_cli(*args, env=env, api_url=prefect)
+        if in_process:
+            outcome = invoke_dbops(*args, env=env)
+            results[name] = SimpleNamespace(
+                returncode=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr
+            )
+        else:
+            results[name] = run_cli(*args, env=env, api_url=prefect)
     return results
 
 
@@ -154,7 +166,7 @@ def test_unencoded_hostile_password_fails_every_command_without_echo(
 ):
     database, url = hostile_role
     before = flow_run_ids()
-    results = run_all(prefect, database, url, tmp_path, password)
+    results = run_all(prefect, database, url, tmp_path, password, in_process=True)
     for name, result in results.items():
         assert_hidden(password, result.stdout, result.stderr)
         if name != "list":  # list reads only the backup location

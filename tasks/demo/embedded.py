@@ -47,11 +47,13 @@ def _service_user() -> str | None:
     try:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(
+        made = subprocess.run(
             ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SERVICE_USER],
-            check=True,
+            check=False,
             capture_output=True,
         )
+        if made.returncode != 0:
+            pwd.getpwnam(SERVICE_USER)  # another process (a parallel test worker) made it first
     return SERVICE_USER
 
 
