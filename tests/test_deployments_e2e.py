@@ -20,6 +20,9 @@ from tasks.demo.sample_data import create_sample_database
 from tests.conftest import REPO, in_ci, new_database, skip_unless_ci
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 
+# One real Prefect server per test worker: every module that uses it runs on the same one.
+pytestmark = pytest.mark.xdist_group("prefect_server")
+
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # The README's screenshots are refreshed only when asked (DBOPS_SCREENSHOTS=1): a test run
 # leaves the work tree as it found it.

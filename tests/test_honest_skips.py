@@ -30,7 +30,9 @@ def run_pg15_test(ci: str) -> subprocess.CompletedProcess[str]:
             "-p",
             "no:cacheprovider",
             "-rs",
-            "tests/test_smoke_infra.py",
+            "-o",
+            "addopts=",
+            "tests/test_honest_skips.py::test_probe_needs_postgresql_15",
         ],
         capture_output=True,
         text=True,
@@ -47,3 +49,8 @@ def test_missing_postgresql_15_fails_a_ci_run_and_skips_a_local_one():
     local = run_pg15_test("")
     assert local.returncode == 0, local.stdout[-3000:]
     assert "1 skipped" in local.stdout and "postgresql-15" in local.stdout
+
+
+def test_probe_needs_postgresql_15(pg15):
+    """Run by the test above in a child pytest: it only asks for PostgreSQL 15."""
+    assert (pg15.bin_dir / "postgres").exists()

@@ -22,6 +22,9 @@ from tests.conftest import REPO, new_database
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 from tests.test_migrate import BASE_SCHEMA, GOOD, execute, history, snapshot, write_migrations
 
+# One real Prefect server per test worker: every module that uses it runs on the same one.
+pytestmark = pytest.mark.xdist_group("prefect_server")
+
 SLEEP = "SELECT pg_sleep(30)"
 
 

@@ -5,9 +5,14 @@ anywhere in Prefect."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import content_checksums, new_database, schema_dump
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 from tests.test_migrate import BASE_SCHEMA, execute, write_migrations
+
+# One real Prefect server per test worker: every module that uses it runs on the same one.
+pytestmark = pytest.mark.xdist_group("prefect_server")
 
 DEPLOYMENT = "migrate-database/cd"
 

@@ -22,6 +22,8 @@ from tasks.storage.destinations import Destination
 from tests.backup_helpers import invoke_dbops, object_names
 from tests.conftest import new_database
 
+pytestmark = pytest.mark.xdist_group("verify")  # its module fixture is built once
+
 
 @pytest.fixture(scope="module")
 def original(pg, tmp_path_factory) -> tuple[str, Manifest, Destination]:
