@@ -636,8 +636,11 @@ def run_dbops(bench: Environment, db: Database, compression: str, repeat: int, v
     destination, objects = objects_under(bench, prefix)
     dump_name = manifest["dump"]["name"]
     manifest_name = manifest["backup_id"] + MANIFEST_SUFFIX
-    if set(objects) != {dump_name, manifest_name}:
-        raise BenchError(f"{compression}: expected {dump_name} and its manifest, found {objects}")
+    claim_name = manifest["backup_id"] + ".started.json"  # the id's create-if-absent claim
+    if set(objects) != {dump_name, manifest_name, claim_name}:
+        raise BenchError(
+            f"{compression}: expected {dump_name}, its claim and manifest, found {objects}"
+        )
     size = objects[dump_name]
     if size <= 0 or size != manifest["dump"]["size"]:
         raise BenchError(f"{compression}: {dump_name} is {size} bytes, manifest says otherwise")
