@@ -41,13 +41,18 @@ AppTimeout = Annotated[
 ]
 
 
-def application_hooks(**flags: Any) -> ApplicationHooks | None:
-    """The flags given, as the flows' parameter; None when no command was given."""
+def application_hooks(
+    around: Literal["restore", "restart"], **flags: Any
+) -> ApplicationHooks | None:
+    """The flags given, as the flows' parameter, checked before any work; None when no command
+    was given."""
     given = {name: value for name, value in flags.items() if value is not None}
     if not any(name in given for name in ("stop_app", "start_app", "restart_app")):
         return None
     try:
-        return ApplicationHooks(**given)
+        hooks = ApplicationHooks(**given)
+        hooks.check_restore() if around == "restore" else hooks.check_restart()
+        return hooks
     except DbopsError as exc:
         fail(error_line(exc))
         raise  # unreachable: fail() exits

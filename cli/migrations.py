@@ -138,6 +138,7 @@ def migrate(
         slot_wait_seconds=slot_wait,
         repair=repair,
         application=application_hooks(
+            "restore",
             stop_app=stop_app,
             start_app=start_app,
             stop_app_at=stop_app_at,

@@ -55,6 +55,7 @@ def restore(
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
         application=application_hooks(
+            "restore",
             stop_app=stop_app,
             start_app=start_app,
             stop_app_at=stop_app_at,

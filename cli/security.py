@@ -98,7 +98,9 @@ def rotate_password_cmd(
         aws_secret_id=aws_secret_id,
         aws_region=aws_region,
         aws_endpoint_url=aws_endpoint_url,
-        application=application_hooks(restart_app=restart_app, app_timeout_seconds=app_timeout),
+        application=application_hooks(
+            "restart", restart_app=restart_app, app_timeout_seconds=app_timeout
+        ),
     )
     where = f"Prefect Secret {result.secret_block!r}"
     if result.aws_secret_id:

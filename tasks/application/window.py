@@ -38,7 +38,7 @@ from tasks.core.notify import send
 
 LABEL = "dbops.application"
 LEFT_DOWN = ("stopping", "stopped", "starting", "start-failed")
-CONFIRM_POLL_SECONDS = 2
+CONFIRM_POLL_SECONDS = 1
 
 
 class ApplicationReport(BaseModel):

@@ -2,6 +2,7 @@
 
     app_standin.py start --pidfile P (--url URL | --secret-block NAME) [--fail]
     app_standin.py stop --pidfile P [--linger SECONDS] [--fail]
+    app_standin.py restart --pidfile P (--url URL | --secret-block NAME)
 
 `start` launches the writer in the background, records its pid in P and returns once the
 first row is committed (like `docker compose up --wait`); exit 1 if the writer cannot write.
@@ -148,13 +149,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["start", "stop", "run"])
+    parser.add_argument("action", choices=["start", "stop", "restart", "run"])
     parser.add_argument("--pidfile", required=True)
     parser.add_argument("--url")
     parser.add_argument("--secret-block")
     parser.add_argument("--linger", type=float, default=0)
     parser.add_argument("--fail", action="store_true")
     args = parser.parse_args()
+    if args.action == "restart":
+        return stop(args) or start(args)
     return {"start": start, "stop": stop, "run": run}[args.action](args)
 
 
