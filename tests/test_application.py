@@ -4,6 +4,7 @@ every commit (pid, the oid of the database it reached), started and stopped by c
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from flows.restore import restore_database
 from tasks.core.postgres import ConnInfo
 from tests.backup_helpers import invoke_dbops
 from tests.conftest import DATA, new_database
-from tests.test_health import flow_run_logs
+from tests.test_health import flow_run_artifacts, flow_run_logs
 from tests.test_migrate_cancel import start_dbops, wait_for
 
 STANDIN = DATA / "app_standin.py"
@@ -160,6 +161,9 @@ def test_no_write_reaches_the_database_between_stop_and_swap(prefect, pg, tmp_pa
     report = state.result().application
     assert report.stopped_by == "command" and report.stop_at == "swap" and report.started
     assert 0 < report.downtime_seconds < 30
+    [artifact] = flow_run_artifacts(state.state_details.flow_run_id)
+    shown = {row["item"]: row["value"] for row in json.loads(artifact.data)}
+    assert shown["application downtime_seconds"] == str(report.downtime_seconds)
     # The old process never reached the database swapped in, the new one only that one: it
     # started after the swap, and nothing wrote in between.
     journal = app.journal()
