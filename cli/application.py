@@ -56,3 +56,16 @@ def application_hooks(
     except DbopsError as exc:
         fail(error_line(exc))
         raise  # unreachable: fail() exits
+
+
+def restore_hooks(
+    stop_app: str | None, start_app: str | None, stop_app_at: str, app_timeout: float
+) -> ApplicationHooks | None:
+    """`--stop-app/--start-app` of `dbops restore` and `dbops migrate`."""
+    return application_hooks(
+        "restore",
+        stop_app=stop_app,
+        start_app=start_app,
+        stop_app_at=stop_app_at,
+        app_timeout_seconds=app_timeout,
+    )

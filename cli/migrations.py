@@ -17,7 +17,7 @@ from cli.app import (
     run_flow,
     use_database_url,
 )
-from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, application_hooks
+from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, restore_hooks
 from tasks.core.errors import DbopsError
 
 
@@ -137,13 +137,7 @@ def migrate(
         statement_timeout_seconds=statement_timeout,
         slot_wait_seconds=slot_wait,
         repair=repair,
-        application=application_hooks(
-            "restore",
-            stop_app=stop_app,
-            start_app=start_app,
-            stop_app_at=stop_app_at,
-            app_timeout_seconds=app_timeout,
-        ),
+        application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
     )
     plan = result.plan
     if result.status == MigrationStatus.REPAIRED:

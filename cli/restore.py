@@ -18,7 +18,7 @@ from cli.app import (
     s3_options,
     use_database_url,
 )
-from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, application_hooks
+from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, restore_hooks
 
 
 @app.command()
@@ -54,13 +54,7 @@ def restore(
         from_server=from_server,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
-        application=application_hooks(
-            "restore",
-            stop_app=stop_app,
-            start_app=start_app,
-            stop_app_at=stop_app_at,
-            app_timeout_seconds=app_timeout,
-        ),
+        application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
     )
     human = f"restored {result.source} into {result.target}"
     if result.application and result.application.downtime_seconds is not None:
