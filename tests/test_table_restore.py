@@ -132,6 +132,36 @@ def test_as_table_renames_table_indexes_and_sequence(rich, backups):
     psql(rich, "-q", "-c", "DROP TABLE users_copy")
 
 
+def test_a_partition_alone_arrives_standalone(rich, backups):
+    """Left attached, it would join the live parent and change what the application reads."""
+    live = scalar(rich, 'SELECT count(*) FROM "Message"')
+    restore(backups, "custom", rich, tables=["public.Message_2026"], as_table="m26")
+    assert scalar(rich, "SELECT relispartition FROM pg_class WHERE relname = 'm26'") is False
+    assert scalar(rich, "SELECT count(*) FROM m26") == scalar(
+        rich, 'SELECT count(*) FROM "Message_2026"'
+    )
+    assert scalar(rich, 'SELECT count(*) FROM "Message"') == live
+    psql(rich, "-q", "-c", "DROP TABLE m26")
+
+
+def test_the_filter_does_not_depend_on_chunk_boundaries(backups):
+    import gzip
+
+    from tasks.restore.sql_filter import Selection, TableFilter
+
+    where, backup_id = backups["plain"]
+    data = gzip.decompress(next(where.glob(f"{backup_id}.sql.gz")).read_bytes())
+    outputs = set()
+    for size in (97, 4096, len(data)):
+        chosen = TableFilter(Selection({("public", "Message")}, {"Odd Schema"}), [])
+        pieces = [chosen.feed(data[i : i + size]) for i in range(0, len(data), size)]
+        outputs.add(b"".join(pieces) + chosen.finish())
+    assert len(outputs) == 1
+    kept = outputs.pop()
+    assert kept.count(b"\n\\.\n") == 5  # 3 partitions of Message, 2 tables of "Odd Schema"
+    assert b"lo_open" not in kept and b"REFRESH MATERIALIZED VIEW" not in kept
+
+
 def test_refuses_an_existing_table_and_touches_nothing(rich, backups):
     before = content_checksums(rich)
     with pytest.raises(ParameterError) as refused:

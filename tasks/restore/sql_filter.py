@@ -27,7 +27,7 @@ from tasks.core.errors import ParameterError
 _IDENT = rb'(?:"(?:[^"]|"")+"|[^\s."(]+)'
 _QUALIFIED = rb"(" + _IDENT + rb")\.(" + _IDENT + rb")"
 HEADER = re.compile(rb"^-- (?:Data for )?Name: (?P<name>.*); Type: (?P<type>[A-Z ]+); Schema: ")
-COPY = re.compile(rb"^COPY " + _QUALIFIED + rb" (?:\(.*\) )?FROM stdin;\n$")
+COPY = re.compile(rb"^COPY " + _QUALIFIED + rb" +(?:\(.*\) +)?FROM stdin;\n$")
 CREATE_TABLE = re.compile(rb"^CREATE (?:UNLOGGED |FOREIGN )?TABLE " + _QUALIFIED + rb" ")
 ATTACH = re.compile(rb"^ALTER TABLE (?:ONLY )?" + _QUALIFIED + rb" ATTACH PARTITION " + _QUALIFIED)
 FOREIGN_KEY = re.compile(
