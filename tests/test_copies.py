@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from flows.backup import backup_database
 from flows.copy import copy_backups
 from flows.prune import prune_backups
@@ -80,7 +78,9 @@ def test_copy_to_a_directory_and_a_second_bucket_then_list_shows_both(
     assert state.result().deleted_backups == [backups[1].backup_id]
     assert backups[1].manifest_name in object_names(source)
     rows = json.loads(invoke_dbops("list", "--to", url, "--json").stdout)
-    present = {r["backup_id"]: {p["destination"]: p["present"] for p in r["locations"]} for r in rows}
+    present = {
+        r["backup_id"]: {p["destination"]: p["present"] for p in r["locations"]} for r in rows
+    }
     assert present[backups[1].backup_id][copy_dest.url] is False
     assert present[backups[0].backup_id][copy_dest.url] is True
 
