@@ -7,13 +7,20 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.core.parameters import FromServer, SlotWait, documented
+from tasks.core.parameters import (
+    BackupUrl,
+    DatabaseUrl,
+    FromServer,
+    Retries,
+    S3Parameter,
+    SlotWait,
+    documented,
+)
 from tasks.core.settings import reject_inline_password
 from tasks.restore.report import publish_table_restore_report
 from tasks.restore.table_names import TableRequest
 from tasks.restore.tables import TableRestoreResult
 from tasks.restore.tasks import restore_some_tables
-from tasks.storage.destinations import S3Options
 
 
 @flow(name="restore-tables")
@@ -37,19 +44,14 @@ def restore_tables(
         str | None,
         Field(description="the one restored table's new name (same schema unless into_schema)"),
     ] = None,
-    database_url: Annotated[
-        str | None,
-        Field(description="target: secret://BLOCK or a URL without password; default DATABASE_URL"),
-    ] = None,
-    backup_url: Annotated[
-        str | None, Field(description="where to look for `latest`/ids; default BACKUP_URL")
-    ] = None,
+    database_url: DatabaseUrl = None,
+    backup_url: BackupUrl = None,
     from_database: Annotated[
         str | None, Field(description="with `latest`: whose backups; default the target's name")
     ] = None,
-    s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
+    s3: S3Parameter = None,
     from_server: FromServer = None,
-    retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
+    retries: Retries = 1,
     slot_wait_seconds: SlotWait = 3600,
 ) -> TableRestoreResult:
     """Restore some tables of a backup into an existing database without touching anything

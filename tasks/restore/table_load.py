@@ -38,7 +38,18 @@ class Loaded:
 
 
 class TableSource(Protocol):
-    """Load every definition of a backup and the rows of `selection` into an empty database."""
+    """Load every definition of a backup and the rows of `selection` into an empty database.
+
+    The contract a format's implementation keeps (the rest of a table restore relies on it):
+    every definition of the backup is created in `into`; rows are loaded for exactly the
+    tables `selection.wants` picks (a partitioned parent's partitions included) and no others;
+    every stored object read is checked against its manifest's size and SHA-256
+    (`BackupFaultError`); a named table missing from the definitions is a
+    `ParameterError("tables", ...)` naming the closest ones; foreign keys from chosen tables to
+    tables not chosen are not created and are listed in `Loaded.left_out`. A parallel backup
+    can keep it by sending its schema archive through `pg_restore -f -` and `TableFilter` (no
+    COPY blocks there) and then loading only the chosen tables' data objects.
+    """
 
     def load(self, selection: Selection, into: ConnInfo, secret: str | None) -> Loaded: ...
 

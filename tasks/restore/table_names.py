@@ -72,6 +72,12 @@ def resolve_table(text: str, known: list[str]) -> Table:
         )
     if not schema or not table:
         raise ParameterError("tables", f"{text!r} is not SCHEMA.TABLE (e.g. public.users)")
+    name = qualified(schema, table)
+    if name not in known and not any(k.startswith(schema + ".") for k in known):
+        # Not even a partitioned parent (their partitions are counted, in their schema).
+        raise ParameterError(
+            "tables", f"{name} is not a table in this backup; closest: {closest(name, known)}"
+        )
     return schema, table
 
 
