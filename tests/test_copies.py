@@ -249,3 +249,20 @@ def test_prune_keeps_locked_backups_and_reports_what_s3_refused(prefect, s3_clie
         assert reasons[manifest.backup_id].startswith("locked until ")
     listed = {m.backup_id for m in list_manifests(plain)}
     assert listed == {newest.backup_id, *(m.backup_id for m in held)}
+
+
+def test_check_requires_checked_copies_of_the_newest_verified_backup(prefect, tmp_path):
+    from flows.check import backup_freshness
+    from tasks.copies.transfer import copy_backup
+
+    source = Destination.from_url(str(tmp_path / "src"))
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    verified = make_backup(source, "ai_saas", start, verified=True)
+
+    state = backup_freshness(backup_url=str(tmp_path / "src"), min_copies=1, return_state=True)
+    assert state.is_failed()
+    assert f"{verified.backup_id} has 0 checked copies elsewhere, 1 required" in state.message
+
+    copy_backup(source, Destination.from_url(str(tmp_path / "usb")), verified)
+    report = backup_freshness(backup_url=str(tmp_path / "src"), min_copies=1)
+    assert report.ok and report.databases[0].copies == 1
