@@ -17,7 +17,14 @@ def _policy_option(name: str, *flags: str) -> typer.models.OptionInfo:
 
 @app.command()
 def prune(
-    to: BackupUrl = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            "--from",
+            help="the destination to prune (each has its own policy); default $BACKUP_URL",
+        ),
+    ] = None,
     database: Annotated[
         str | None, typer.Option(help="only this database's backups (default: all)")
     ] = None,
@@ -84,6 +91,7 @@ def prune(
     lines += [
         f"LEAVE  {name}  (unreadable: its backup is not touched)" for name in report.unreadable
     ]
+    lines += [f"LOCKED {refused}" for refused in report.locked]
     if report.refused:
         lines.append(f"prune would refuse, nothing would be deleted: {report.refused}")
     elif dry_run:
