@@ -72,11 +72,9 @@ def test_copy_to_a_directory_and_a_second_bucket_then_list_shows_both(
         assert places == {source.url: True, local_dest.url: True, copy_dest.url: True}
 
     # The second bucket's own retention (keep 1) leaves the source untouched; list notices.
-    state = prune_backups(
-        backup_url=copy_url, policy=RetentionPolicy(keep_last=1, min_keep=1), return_state=True
-    )
-    assert state.is_completed(), state.message
-    assert state.result().deleted_backups == [backups[1].backup_id]
+    pruned = invoke_dbops("prune", "--from", copy_url, "--keep-last", "1", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.stdout)["deleted_backups"] == [backups[1].backup_id]
     assert backups[1].manifest_name in object_names(source)
     rows = json.loads(invoke_dbops("list", "--to", url, "--json").stdout)
     present = {
