@@ -118,6 +118,12 @@ def check(
         float | None,
         typer.Option(help="the newest backup, verified or not, may be at most N hours old"),
     ] = None,
+    min_copies: Annotated[
+        int,
+        typer.Option(
+            min=0, help="the newest verified backup must also exist in N other destinations"
+        ),
+    ] = 0,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
     as_json: JsonFlag = False,
@@ -132,12 +138,14 @@ def check(
         database=database,
         max_age_hours=max_age_hours,
         max_backup_age_hours=max_backup_age_hours,
+        min_copies=min_copies,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
     )
     lines = [
         f"{d.database}: newest verified backup {d.newest_verified} is "
         f"{d.newest_verified_age_hours}h old (limit {max_age_hours:g}h): OK"
+        + (f", {d.copies} checked copies elsewhere" if d.copies is not None else "")
         for d in report.databases
     ]
     emit(report, as_json, "\n".join(lines))

@@ -10,6 +10,7 @@ from flows.backup import backup_database
 from flows.copy import copy_backups
 from flows.prune import prune_backups
 from flows.restore import restore_database
+from tasks.backup.manifest import list_manifests
 from tasks.copies.records import COPY_MARK
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
@@ -150,3 +151,118 @@ def test_backup_refuses_a_copy_to_its_own_destination_before_dumping(prefect, pg
     assert state.is_failed()
     assert "is where the backups already are" in state.message
     assert not where.exists() or not list(where.iterdir())
+
+
+def lock_bucket(s3_client, name: str) -> str:
+    s3_client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+def test_locked_backup_and_its_copy_lock_every_object(prefect, pg, s3_client, bucket):
+    db = small_db(pg)
+    primary = lock_bucket(s3_client, f"lock-{bucket}")
+    offsite = lock_bucket(s3_client, f"lockcopy-{bucket}")
+    started = datetime.now(UTC)
+    state = backup_database(
+        database_url=db,
+        backup_url=f"s3://{primary}/b",
+        copy_to=[f"s3://{offsite}/c"],
+        object_lock="governance",
+        object_lock_days=2,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    manifest = state.result()
+    own = {".sql.gz", ".started.json", ".manifest.json"}
+    for name, prefix, records in ((primary, "b/", 1), (offsite, "c/", 0)):
+        keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=name)["Contents"]]
+        assert all(k.startswith(prefix + manifest.backup_id + ".") for k in keys), keys
+        suffixes = [k.removeprefix(prefix + manifest.backup_id) for k in keys]
+        assert own <= set(suffixes)
+        assert len([s for s in suffixes if s.startswith(COPY_MARK)]) == records
+        assert len(keys) == len(own) + records, keys
+        for key in keys:
+            head = s3_client.head_object(Bucket=name, Key=key)
+            assert head["ObjectLockMode"] == "GOVERNANCE", key
+            until = head["ObjectLockRetainUntilDate"]
+            assert timedelta(days=2) <= until - started < timedelta(days=2, minutes=10), key
+
+
+def test_a_bucket_without_object_lock_is_refused_before_anything_is_written(
+    prefect, pg, bucket, s3_client
+):
+    db = small_db(pg)
+    result = invoke_dbops(
+        "backup",
+        "--to",
+        f"s3://{bucket}/b",
+        "--object-lock",
+        "compliance",
+        "--object-lock-days",
+        "7",
+        env={"DATABASE_URL": db},
+    )
+    assert result.exit_code == 1
+    assert "does not have Object Lock enabled" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)
+    missing_days = invoke_dbops("backup", "--object-lock", "governance", env={"DATABASE_URL": db})
+    assert missing_days.exit_code == 1 and "--object-lock-days" in missing_days.output
+
+
+def test_prune_keeps_locked_backups_and_reports_what_s3_refused(prefect, s3_client, bucket):
+    from tasks.retention.inventory import apply_plan, take_inventory
+    from tasks.retention.plan import BackupInfo, plan_retention
+
+    name = lock_bucket(s3_client, f"prune-{bucket}")
+    url = f"s3://{name}/b"
+    plain = Destination.from_url(url, s3_options_from_env())
+    locked = Destination.from_url(
+        url, s3_options_from_env().merged(object_lock="governance", object_lock_days=1)
+    )
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    newest = make_backup(plain, "ai_saas", start)
+    held = [make_backup(locked, "ai_saas", start - timedelta(days=d)) for d in (1, 2)]
+    doomed = make_backup(plain, "ai_saas", start - timedelta(days=3))
+
+    # Without the plan's look at the locks, S3 refuses; the refusal is reported, not a deletion.
+    inventory = take_inventory(plain)
+    blind = plan_retention(
+        [BackupInfo.from_manifest(m) for m in inventory.manifests],
+        RetentionPolicy(keep_last=1, min_keep=1).resolved(),
+        datetime.now(UTC),
+    )
+    assert {i.backup_id for i in blind.delete} == {*(m.backup_id for m in held), doomed.backup_id}
+    refused = apply_plan(plain, blind.model_copy(deep=True), inventory)
+    assert refused.deleted_backups == [doomed.backup_id]
+    assert sorted(r.split(":")[0] for r in refused.locked) == sorted(m.backup_id for m in held)
+    assert all("locked until" in r for r in refused.locked)
+
+    state = prune_backups(
+        backup_url=url, policy=RetentionPolicy(keep_last=1, min_keep=1), return_state=True
+    )
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert report.deleted_backups == [] and report.locked == []
+    reasons = {i.backup_id: i.reason for i in report.items}
+    for manifest in held:
+        assert reasons[manifest.backup_id].startswith("locked until ")
+    listed = {m.backup_id for m in list_manifests(plain)}
+    assert listed == {newest.backup_id, *(m.backup_id for m in held)}
+
+
+def test_check_requires_checked_copies_of_the_newest_verified_backup(prefect, tmp_path):
+    from flows.check import backup_freshness
+    from tasks.copies.transfer import copy_backup
+
+    source = Destination.from_url(str(tmp_path / "src"))
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    verified = make_backup(source, "ai_saas", start, verified=True)
+
+    state = backup_freshness(backup_url=str(tmp_path / "src"), min_copies=1, return_state=True)
+    assert state.is_failed()
+    assert f"{verified.backup_id} has 0 checked copies elsewhere, 1 required" in state.message
+
+    copy_backup(source, Destination.from_url(str(tmp_path / "usb")), verified)
+    report = backup_freshness(backup_url=str(tmp_path / "src"), min_copies=1)
+    assert report.ok and report.databases[0].copies == 1

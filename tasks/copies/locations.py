@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from tasks.backup.manifest import Manifest
 from tasks.copies.records import read_records
 from tasks.core.errors import DbopsError, first_line
+from tasks.retention.freshness import DatabaseFreshness
 from tasks.storage.destinations import Destination, S3Options
 
 
@@ -61,6 +62,24 @@ def backup_locations(
 def copies_present(places: list[Location]) -> int:
     """The checked copies still in place, beside the backup itself."""
     return sum(1 for place in places[1:] if place.present)
+
+
+def require_copies(
+    databases: list[DatabaseFreshness], places: dict[str, list[Location]], min_copies: int
+) -> None:
+    """The newest verified backup of each database must exist in `min_copies` other places."""
+    for row in databases:
+        if not row.newest_verified:
+            continue  # already a problem of its own
+        row.copies = copies_present(places.get(row.newest_verified, []))
+        if row.copies < min_copies:
+            row.ok = False
+            problem = (
+                f"{row.database}: newest verified backup {row.newest_verified} has {row.copies} "
+                f"checked copies elsewhere, {min_copies} required "
+                f"(`dbops copy --to URL {row.newest_verified}`)"
+            )
+            row.problem = "; ".join(filter(None, [row.problem, problem]))
 
 
 def _listing(url: str, s3: S3Options | None) -> set[str] | str:

@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.backup.manifest import Manifest, list_manifests
+from tasks.copies.locations import Location, backup_locations
 from tasks.copies.report import CopyFailure, CopyReport, publish_copies
 from tasks.copies.transfer import check_copy_targets, copy_backup, refuse_same_place
 from tasks.core.errors import DbopsError, NotFoundError, TransientError, first_line, retry_transient
@@ -46,6 +47,16 @@ def check_targets(backup_url: str | None, s3: S3Options | None, copy_to: list[st
     """One clear line before a backup is taken when a --copy-to target cannot take it."""
     settings = Settings.load(None, backup_url, s3)
     check_copy_targets(settings.destination(), [copy_target(u, settings.s3) for u in copy_to])
+
+
+@task(name="find-copies", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def find_copies(
+    backup_url: str | None, s3: S3Options | None, database: str | None
+) -> dict[str, list[Location]]:
+    """Where each backup exists: its destination and every recorded copy still in place."""
+    settings = Settings.load(None, backup_url, s3)
+    source = settings.destination()
+    return backup_locations(source, list_manifests(source, database), settings.s3)
 
 
 @task(name="copy-to-destination", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
