@@ -10,10 +10,10 @@ unquoted header, so odd identifiers match exactly; partitions are found from the
 `ATTACH PARTITION` statements, which come before any data.
 
 Lines are parsed only outside COPY blocks; inside one, the terminator is found with
-bytes.find at C speed, so memory stays a chunk and a line whatever the table's size. A
-function body that itself contains a line shaped like a section header could mislead the
-filter; what follows is then a syntax error in the scratch database and the restore fails
-loudly (row counts are checked too): the filter can fail, but not silently.
+bytes.find at C speed, so memory stays a chunk and a line whatever the table's size. Outside
+them, the filter follows literals, quoted identifiers, dollar-quoted function bodies and
+comments across lines (`scan_quotes`), so a function body or a comment that contains a line
+shaped like a section header or a COPY statement is passed through as text, never obeyed.
 """
 
 from __future__ import annotations
@@ -36,12 +36,41 @@ FOREIGN_KEY = re.compile(
     re.M | re.S,
 )
 TERMINATOR = b"\\.\n"
+# What opens a literal, a quoted identifier, a dollar-quoted body or a comment in DDL.
+_OPENING = re.compile(rb"--|/\*|'|\"|\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$")
+_IDENT_CHAR = re.compile(rb"[A-Za-z0-9_$\x80-\xff]")
 # Sections a table restore never needs: large objects, and refreshes of materialized views
 # over tables that are mostly empty in the scratch database.
 DROPPED_TYPES = {b"BLOB", b"BLOB METADATA", b"BLOBS", b"LARGE OBJECT", b"MATERIALIZED VIEW DATA"}
 DATA_TYPES = {b"TABLE DATA", b"BLOBS", b"MATERIALIZED VIEW DATA", b"SEQUENCE SET"}
 
 Table = tuple[str, str]
+
+
+def scan_quotes(line: bytes, quote: bytes | None) -> bytes | None:
+    """The quote still open at the end of `line` (b"'", b'"', a dollar tag, b"*/"), or None.
+
+    pg_dump writes standard_conforming_strings = on, so '...' has no backslash escapes.
+    """
+    pos = 0
+    while True:
+        if quote is None:
+            found = _OPENING.search(line, pos)
+            if found is None or found.group() == b"--":
+                return None
+            start, token = found.start(), found.group()
+            if token.startswith(b"$") and start and _IDENT_CHAR.match(line, start - 1):
+                pos = start + 1  # a $ inside an identifier such as a$b$
+                continue
+            quote, pos = (b"*/" if token == b"/*" else token), found.end()
+            continue
+        end = line.find(quote, pos)
+        if end < 0:
+            return quote
+        if quote in (b"'", b'"') and line[end + 1 : end + 2] == quote:
+            pos = end + 2  # a doubled quote inside
+            continue
+        quote, pos = None, end + len(quote)
 
 
 def unquote(ident: bytes) -> str:
@@ -93,6 +122,7 @@ class TableFilter:
         self._copy: bool | None = None  # inside a COPY block: keep it or not
         self._checked = False
         self._foreign_key: list[bytes] | None = None  # a FK CONSTRAINT section, held back
+        self._quote: bytes | None = None  # inside a literal or function body spanning lines
         self.left_out: list[str] = []  # foreign keys of chosen tables to tables not chosen
 
     def feed(self, chunk: bytes) -> bytes:
@@ -141,9 +171,14 @@ class TableFilter:
         return end
 
     def _line(self, line: bytes) -> bytes:
-        """Track the line's meaning; returns what goes out."""
+        """Track the line's meaning; returns what goes out. A line inside a literal or a
+        function body is never taken for a header or a statement, whatever it says."""
+        if self._quote is not None:
+            self._quote = scan_quotes(line, self._quote)
+            return self._statement_line(line)
         header = HEADER.match(line)
         if header is None and self._foreign_key is not None:
+            self._quote = scan_quotes(line, None)
             self._foreign_key.append(line)
             return b""
         if header:
@@ -160,6 +195,8 @@ class TableFilter:
             )
             return held + (b"" if self._dropping else line)
         copy = COPY.match(line)
+        if copy is None:
+            self._quote = scan_quotes(line, None)
         if copy:
             table = (unquote(copy.group(1)), unquote(copy.group(2)))
             self._copy = not self._dropping and self.selection.wants(table, self.parents)
@@ -176,6 +213,13 @@ class TableFilter:
             parent = (unquote(attach.group(1)), unquote(attach.group(2)))
             self.parents[(unquote(attach.group(3)), unquote(attach.group(4)))] = parent
         return line
+
+    def _statement_line(self, line: bytes) -> bytes:
+        """A line inside a literal or body goes where its section goes."""
+        if self._foreign_key is not None:
+            self._foreign_key.append(line)
+            return b""
+        return b"" if self._dropping else line
 
     def _release_foreign_key(self, after: bytes) -> bytes:
         """A held FK section goes out unless it ties a chosen table to one not restored:
