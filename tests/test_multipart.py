@@ -107,11 +107,9 @@ def test_several_parts_upload_at_once_and_never_more_than_the_bound(bucket, s3_c
 
     dest.client.upload_part = upload_part
     data = pattern(8 * 5 * MiB + 1)
-    started = time.monotonic()
     with dest.open_write("wide.sql.gz") as stream:
         write_in_odd_chunks(stream, data)
-    assert most[0] == 3
-    assert time.monotonic() - started < 9 * 0.3  # not one part after the other
+    assert most[0] == 3  # three parts were in flight at once: not one after the other
     assert dest.read_bytes("wide.sql.gz") == data
 
 
