@@ -12,12 +12,13 @@ from tasks.backup.compression import check_level
 from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
 from tasks.core.errors import ParameterError
-from tasks.core.parameters import DatabaseUrl, SlotWait, documented
+from tasks.core.parameters import DatabaseUrl, PingUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import backup_completed, outcome_hooks
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="backup-database")
+@flow(name="backup-database", **outcome_hooks("backup"))
 @documented
 def backup_database(
     database_url: DatabaseUrl = None,
@@ -37,13 +38,14 @@ def backup_database(
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 2,
     retry_delay_seconds: Annotated[float, Field(ge=0, description="first retry delay")] = 30,
     slot_wait_seconds: SlotWait = 3600,
+    ping_url: PingUrl = None,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
         raise ParameterError("format", f"{format!r} is unknown; use plain or custom")
     level = check_level(compression, level)
-    return dump_database.with_options(
+    manifest = dump_database.with_options(
         retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds)
     )(
         database_url,
@@ -56,3 +58,5 @@ def backup_database(
         include_globals,
         slot_wait_seconds,
     )
+    backup_completed(manifest, backup_url, s3)
+    return manifest

@@ -43,12 +43,13 @@ from tasks.migrations.tasks import (
     restore_pre_migration_backup,
     verify_schema,
 )
+from tasks.operations.outcomes import migration_finished, outcome_hooks
 from tasks.storage.destinations import S3Options
 
 Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 
-@flow(name="migrate-database")
+@flow(name="migrate-database", **outcome_hooks("migration"))
 @documented
 def migrate_database(
     database_url: DatabaseUrl = None,
@@ -244,6 +245,7 @@ def migrate_database(
         return Cancelled(message=ending_message(end))
     summary.seconds = round(time.perf_counter() - started, 3)
     publish_report(summary)
+    migration_finished(summary, database_url)
     logger.info("Migration of %s applied and verified", plan.database)
     return summary
 
@@ -284,4 +286,5 @@ def _settle(
     summary.status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
     summary.database_state, summary.error = end.state, ending_message(end)
     publish_report(summary)
+    migration_finished(summary, database_url)
     return end

@@ -9,13 +9,14 @@ from pydantic import Field
 
 from tasks.core.parameters import FromServer, SlotWait, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import outcome_hooks, restore_completed
 from tasks.restore.report import publish_restore_report
 from tasks.restore.restore import RestoreResult
 from tasks.restore.tasks import restore_backup
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="restore-database")
+@flow(name="restore-database", **outcome_hooks("restore"))
 @documented
 def restore_database(
     source: Annotated[
@@ -53,4 +54,5 @@ def restore_database(
         from_server,
     )
     publish_restore_report(result)
+    restore_completed(result, database_url)
     return result

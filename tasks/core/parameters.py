@@ -72,6 +72,15 @@ FromServer = Annotated[
     ),
 ]
 
+PingUrl = Annotated[
+    str | None,
+    Field(
+        description="heartbeat pings <url>/start, <url>, <url>/fail (healthchecks.io style); "
+        "secret://BLOCK or a URL; default DBOPS_PING_URL"
+    ),
+]
+"""Read by the flow's hooks (tasks/operations/outcomes.py), not by its body."""
+
 
 def describe(annotation: Any) -> str:
     """The description the Prefect UI shows for a parameter type: the CLI's help text too."""

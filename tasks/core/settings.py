@@ -36,6 +36,8 @@ class Settings(BaseModel):
     environment: str | None = Field(None, description="DBOPS_ENVIRONMENT: development, production")
     webhook_url: str | None = Field(None, description="DBOPS_WEBHOOK_URL: failure notifications")
     notify_flows: str | None = Field(None, description="DBOPS_NOTIFY_FLOWS: flows to notify about")
+    notify_on: str | None = Field(None, description="DBOPS_NOTIFY_ON: failure (default), success")
+    ping_url: str | None = Field(None, description="DBOPS_PING_URL: heartbeat pings, or secret://")
     ui_url: str | None = Field(None, description="PREFECT_UI_URL: links in notifications")
     aws_region: str | None = Field(None, description="AWS_DEFAULT_REGION")
     secretsmanager_endpoint_url: str | None = Field(
@@ -59,6 +61,8 @@ class Settings(BaseModel):
             environment=get("DBOPS_ENVIRONMENT"),
             webhook_url=get("DBOPS_WEBHOOK_URL"),
             notify_flows=get("DBOPS_NOTIFY_FLOWS"),
+            notify_on=get("DBOPS_NOTIFY_ON"),
+            ping_url=get("DBOPS_PING_URL"),
             ui_url=get("PREFECT_UI_URL"),
             aws_region=get("AWS_DEFAULT_REGION"),
             secretsmanager_endpoint_url=get("AWS_ENDPOINT_URL_SECRETSMANAGER"),
