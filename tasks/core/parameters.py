@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
-from tasks.storage.destinations import S3Options
+from tasks.storage.options import S3Options
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from enum import StrEnum
+from typing import Any
 
 from tasks.core.errors import ConfigError
 
@@ -47,10 +48,11 @@ def send_ping(url: str, kind: Ping, body: str = "", timeout: float = 10.0) -> in
         return int(response.status)
 
 
-def ping(url: str | None, kind: Ping, body: str = "") -> bool:
+def ping(url: str | None, kind: Ping, body: str = "", logger: Any = None) -> bool:
     """Send one ping when a URL is configured; False (and a warning) when it could not be sent.
 
-    `url` may be `secret://BLOCK`: ping URLs carry a monitor's private key.
+    `url` may be `secret://BLOCK`: ping URLs carry a monitor's private key. The URL itself is
+    never logged. Pass the run's logger so a warning reaches the Prefect server.
     """
     if not url:
         return False
@@ -59,7 +61,7 @@ def ping(url: str | None, kind: Ping, body: str = "") -> bool:
     from tasks.core.notify import clean
     from tasks.core.settings import resolve_secret
 
-    logger = get_logger("dbops.ping")
+    logger = logger or get_logger("dbops.ping")
     try:
         resolved = resolve_secret(url) or ""
         status = send_ping(resolved, kind, body)

@@ -214,6 +214,13 @@ def _ping_url(flow_run: Any) -> str | None:
     return parameters.get("ping_url") or Settings.from_env().ping_url
 
 
+def _log(flow_run: Any) -> Any:
+    """The run's own logger: what a hook logs reaches the Prefect server with the run."""
+    from prefect.logging.loggers import flow_run_logger
+
+    return flow_run_logger(flow_run)
+
+
 def _subject_of_run(flow: Any, flow_run: Any) -> Subject:
     """The database a run was about, from its parameters; `all` for flows over a location."""
     parameters = getattr(flow_run, "parameters", None) or {}
@@ -231,13 +238,15 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
     """
 
     def dbops_started(flow: Any, flow_run: Any, state: Any) -> None:
-        ping(_ping_url(flow_run), Ping.START, f"{flow.name} {flow_run.name} started")
+        text = f"{flow.name} {flow_run.name} started"
+        ping(_ping_url(flow_run), Ping.START, text, _log(flow_run))
 
     def dbops_completed(flow: Any, flow_run: Any, state: Any) -> None:
         if str(flow_run.id) not in _REPORTED:
             subject = _subject_of_run(flow, flow_run)
             emit_dbops_event(noun, "completed", subject, {"flow": flow.name})
-        ping(_ping_url(flow_run), Ping.SUCCESS, f"{flow.name} {flow_run.name} completed")
+        text = f"{flow.name} {flow_run.name} completed"
+        ping(_ping_url(flow_run), Ping.SUCCESS, text, _log(flow_run))
         notify_success(flow, flow_run, state)
 
     def dbops_failed(flow: Any, flow_run: Any, state: Any) -> None:
@@ -249,7 +258,8 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
                 _subject_of_run(flow, flow_run),
                 {"state": state.name, "error": message, "flow": flow.name},
             )
-        ping(_ping_url(flow_run), Ping.FAIL, f"{flow.name} {flow_run.name} {state.name}: {message}")
+        text = f"{flow.name} {flow_run.name} {state.name}: {message}"
+        ping(_ping_url(flow_run), Ping.FAIL, text, _log(flow_run))
         notify_failure(flow, flow_run, state)
 
     return {

@@ -15,32 +15,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import boto3
 import botocore.exceptions
 import smart_open
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from tasks.core.errors import DbopsError, TransientError
 from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
+from tasks.storage.options import S3Options
 
 PARTIAL_MARK = ".partial-"
-
-
-class S3Options(BaseModel):
-    """What pgBackRest/WAL-G users expect to set for an S3 or S3-compatible store."""
-
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, R2, ...)")
-    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
-    sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
-    storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
-    tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
-
-    def merged(self, **overrides: object) -> S3Options:
-        """Flags override the environment; None means 'not given'."""
-        given = {k: v for k, v in overrides.items() if v not in (None, {}, "")}
-        return self.model_copy(update=given)
 
 
 @dataclass(frozen=True)
