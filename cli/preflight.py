@@ -113,6 +113,9 @@ def check(command: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"{flag} {value}: no such file or directory")
     if command in ("restore", "verify"):
         check_source(options.get("source"))
+    ping_url = options.get("ping_url")
+    if ping_url and not ping_url.startswith(("http://", "https://", SECRET_PREFIX)):
+        raise ConfigError("--ping-url must be an http(s) URL or secret://BLOCK")
 
 
 def checked(callback: Callable[..., Any]) -> Callable[..., Any]:

@@ -55,6 +55,10 @@ BAD_INPUT = {
         ["backup", "--database-url", "postgresql://u@h/db", "--to", "gs://bucket/x"],
         "scheme 'gs' is not supported",
     ),
+    "ping URL that is no URL": (
+        ["backup", "--database-url", "postgresql://u@h/db", "--ping-url", "ftp://x/y"],
+        "--ping-url must be an http(s) URL",
+    ),
     "verify without a server": (["verify", "latest"], "no server for the scratch database"),
 }
 

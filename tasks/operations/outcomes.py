@@ -207,9 +207,13 @@ def migration_finished(summary: Any, database_url: str | None) -> None:
 # -- hooks every dbops flow carries ------------------------------------------------------------
 
 
-def _ping_url(flow_run: Any) -> str | None:
+def _ping_url(flow: Any, flow_run: Any) -> str | None:
+    """The `ping_url` parameter, else DBOPS_PING_URL, for flows that have the parameter: a
+    monitor's check watches one job (the backup), not every flow of the worker."""
     from tasks.core.settings import Settings
 
+    if "ping_url" not in flow.parameters.properties:
+        return None
     parameters = getattr(flow_run, "parameters", None) or {}
     return parameters.get("ping_url") or Settings.from_env().ping_url
 
@@ -239,14 +243,14 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
 
     def dbops_started(flow: Any, flow_run: Any, state: Any) -> None:
         text = f"{flow.name} {flow_run.name} started"
-        ping(_ping_url(flow_run), Ping.START, text, _log(flow_run))
+        ping(_ping_url(flow, flow_run), Ping.START, text, _log(flow_run))
 
     def dbops_completed(flow: Any, flow_run: Any, state: Any) -> None:
         if str(flow_run.id) not in _REPORTED:
             subject = _subject_of_run(flow, flow_run)
             emit_dbops_event(noun, "completed", subject, {"flow": flow.name})
         text = f"{flow.name} {flow_run.name} completed"
-        ping(_ping_url(flow_run), Ping.SUCCESS, text, _log(flow_run))
+        ping(_ping_url(flow, flow_run), Ping.SUCCESS, text, _log(flow_run))
         notify_success(flow, flow_run, state)
 
     def dbops_failed(flow: Any, flow_run: Any, state: Any) -> None:
@@ -259,7 +263,7 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
                 {"state": state.name, "error": message, "flow": flow.name},
             )
         text = f"{flow.name} {flow_run.name} {state.name}: {message}"
-        ping(_ping_url(flow_run), Ping.FAIL, text, _log(flow_run))
+        ping(_ping_url(flow, flow_run), Ping.FAIL, text, _log(flow_run))
         notify_failure(flow, flow_run, state)
 
     return {
