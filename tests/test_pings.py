@@ -101,3 +101,21 @@ def test_an_unreachable_monitor_never_fails_the_backup(prefect, sample_db, tmp_p
     assert "could not send the start ping" in records
     assert "could not send the success ping" in records
     assert "private-check-key" not in records.replace(dead, "")  # only the parameter has it
+
+
+def test_the_absence_alert_says_which_database_went_silent(prefect, monitor, monkeypatch):
+    """What the `backup-missing` automation runs: a webhook line and a `dbops.backup.missing`
+    event about the silent database."""
+    from flows.alert import backup_missing_alert
+    from tasks.core.events import resource_id
+    from tests.prefect_records import events_about
+
+    monkeypatch.setenv("DBOPS_WEBHOOK_URL", f"{monitor.url}/hook")
+    watched = resource_id("42", "shop")
+    text = backup_missing_alert(
+        resource_id=watched, database="shop", server="42", last_backup_id="shop_1", hours=26
+    )
+    assert "'shop'" in text and "26 h" in text and "shop_1" in text
+    assert monitor.paths() == ["/hook"] and "'shop'" in json.loads(monitor.received[0][1])["text"]
+    (event,) = events_about(watched, {"dbops.backup.missing"})
+    assert event.payload["last_backup_id"] == "shop_1" and event.payload["hours"] == 26

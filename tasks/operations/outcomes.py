@@ -272,3 +272,34 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
         "on_failure": [dbops_failed],
         "on_crashed": [dbops_failed],
     }
+
+
+def backup_missing(
+    resource_id: str, database: str, server: str, last_backup_id: str, hours: float
+) -> str:
+    """What the absence automation runs: say which database has had no backup, emit
+    `dbops.backup.missing` and post it to the webhook when one is configured."""
+    from prefect.logging import get_run_logger
+
+    from tasks.core.notify import post_webhook
+    from tasks.core.settings import Settings, resolve_secret
+
+    text = (
+        f"no dbops.backup.completed for database {database!r} on server {server} in "
+        f"{hours:g} h (last backup: {last_backup_id or 'unknown'}); check the backup "
+        "deployment, its worker and the Prefect server"
+    )
+    get_run_logger().warning("%s", text)
+    emit(
+        "backup",
+        "missing",
+        Subject(database=database or UNKNOWN, server=server or UNKNOWN),
+        {"watched_resource": resource_id, "last_backup_id": last_backup_id, "hours": hours},
+    )
+    url = resolve_secret(Settings.from_env().webhook_url)
+    if url:
+        try:
+            post_webhook(url, f":warning: dbops: {clean(text)}")
+        except Exception as exc:  # noqa: BLE001 - the run's log and event still say it
+            get_run_logger().warning("could not post to the webhook: %s", clean(str(exc)))
+    return text
