@@ -10,7 +10,7 @@ when the flow run Completed.
 # isort: off
 from cli import backup, restore, retention, migrations  # noqa: F401
 from cli import maintenance, health, security, demo, deployments  # noqa: F401
-from cli import terminal  # noqa: F401  (--version, --verbose)
+from cli import metrics, terminal  # noqa: F401  (terminal: --version, --verbose)
 
 # isort: on
 from cli.app import app

@@ -68,7 +68,9 @@ def require_database_url(flag_value: str | None) -> None:
 
 
 def check_location(url: str | None, flag: str) -> None:
-    if not url or url.startswith((SECRET_PREFIX, "s3://", "file://")) or "://" not in url:
+    if not url or url.startswith((SECRET_PREFIX, "s3://", "s3-bucket://", "file://")):
+        return
+    if "://" not in url:
         return
     scheme = url.split("://", 1)[0]
     raise ConfigError(

@@ -369,8 +369,11 @@ def test_automations_verify_each_new_backup_and_report_silence(
 
 
 def deployed_database(server: PrefectServer) -> str:
-    """The database behind the Secret block dbops-database-url."""
-    from prefect.blocks.system import Secret
-
-    with server.client_settings():
-        return ConnInfo.parse(Secret.load("dbops-database-url").get()).dbname
+    """The database behind the Secret block dbops-database-url, read over REST: loading a block
+    in this process would bind its events client to this server for the rest of the session."""
+    document = server.request(
+        "GET",
+        "/block_types/slug/secret/block_documents/name/dbops-database-url",
+        params={"include_secrets": "true"},
+    )
+    return ConnInfo.parse(document["data"]["value"]).dbname

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from tasks.core.errors import ConfigError, NotFoundError, ParameterError
+from tasks.storage.aws_blocks import resolve_s3_bucket
 from tasks.storage.destinations import Destination, S3Options
 
 if TYPE_CHECKING:
@@ -104,8 +105,9 @@ class Settings(BaseModel):
         return ConnInfo.parse(self.require_database_url())
 
     def destination(self) -> Destination:
-        """Where backups are: S3 or a local directory."""
-        return Destination.from_url(self.backup_url, self.s3)
+        """Where backups are: S3 (an `s3-bucket://BLOCK` names a prefect-aws S3Bucket) or a
+        local directory."""
+        return Destination.from_url(*resolve_s3_bucket(self.backup_url, self.s3))
 
     def scratch_server(self) -> ConnInfo:
         """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""
@@ -131,6 +133,7 @@ def s3_options_from_env(env: Mapping[str, str] | None = None) -> S3Options:
         sse_kms_key_id=env.get("DBOPS_S3_KMS_KEY_ID") or None,
         storage_class=env.get("DBOPS_S3_STORAGE_CLASS") or None,
         tags=parse_tags(env.get("DBOPS_S3_TAGS", "")),
+        credentials_block=env.get("DBOPS_AWS_CREDENTIALS_BLOCK") or None,
     )
 
 

@@ -67,14 +67,13 @@ def subject_of_url(
 
 
 def _location(backup_url: str | None, s3: S3Options | None) -> str | None:
+    """Where the backup is, as an s3:// URL or a directory (an S3Bucket block resolved)."""
     from tasks.core.settings import Settings, resolve_secret
-    from tasks.storage.destinations import Destination
 
     env = Settings.from_env()
     try:
-        return Destination.from_url(
-            resolve_secret(backup_url or env.backup_url) or env.backup_url, s3 or env.s3
-        ).url
+        url = resolve_secret(backup_url or env.backup_url) or env.backup_url
+        return env.model_copy(update={"backup_url": url, "s3": s3 or env.s3}).destination().url
     except Exception:  # noqa: BLE001 - the event goes out without it
         return None
 

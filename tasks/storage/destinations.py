@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import boto3
 import botocore.exceptions
 import smart_open
 from pydantic import BaseModel
 
 from tasks.core.errors import DbopsError, TransientError
+from tasks.storage.aws_blocks import s3_client
 from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
 from tasks.storage.options import S3Options
 
@@ -231,7 +231,7 @@ class S3Destination(Destination):
         self.prefix = prefix.strip("/")
         self.options = options
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url)
+        self.client = s3_client(options)  # boto3's chain, or an AwsCredentials block
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name

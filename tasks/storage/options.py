@@ -16,6 +16,9 @@ class S3Options(BaseModel):
     sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
     storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
     tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
+    credentials_block: str | None = Field(
+        None, description="name of a prefect-aws AwsCredentials block; default boto3's chain"
+    )
 
     def merged(self, **overrides: object) -> S3Options:
         """Flags override the environment; None means 'not given'."""
