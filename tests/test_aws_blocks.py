@@ -11,8 +11,9 @@ from tasks.storage.options import S3Options
 
 
 @pytest.fixture
-def no_aws_environment(s3_server, monkeypatch):
-    """boto3's own chain finds nothing: no keys, no endpoint, no config files."""
+def no_aws_environment(s3_server, bucket, s3_client, monkeypatch):
+    """boto3's own chain finds nothing: no keys, no endpoint, no config files (the test's own
+    client and bucket were made before)."""
     for name in (
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
