@@ -17,6 +17,7 @@ from cli.app import (
     run_flow,
     use_database_url,
 )
+from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, restore_hooks
 from tasks.core.errors import DbopsError
 
 
@@ -94,9 +95,14 @@ def migrate(
         ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="confirm --repair")] = False,
+    stop_app: StopApp = None,
+    start_app: StartApp = None,
+    stop_app_at: StopAppAt = "swap",
+    app_timeout: AppTimeout = 300,
     as_json: JsonFlag = False,
 ) -> None:
-    """Back up, migrate, verify; restore the backup if something applied fails. Exit 0 only
+    """Back up, migrate, verify; restore the backup if something applied fails (with
+    --stop-app/--start-app, the application is stopped for that restore). Exit 0 only
     when the migration is applied and verified."""
     from flows.migrate import migrate_database
     from tasks.migrations.outcomes import MigrationStatus
@@ -131,6 +137,7 @@ def migrate(
         statement_timeout_seconds=statement_timeout,
         slot_wait_seconds=slot_wait,
         repair=repair,
+        application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
     )
     plan = result.plan
     if result.status == MigrationStatus.REPAIRED:

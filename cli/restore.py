@@ -18,6 +18,7 @@ from cli.app import (
     s3_options,
     use_database_url,
 )
+from cli.application import AppTimeout, StartApp, StopApp, StopAppAt, restore_hooks
 
 
 @app.command()
@@ -34,6 +35,10 @@ def restore(
     from_server: FromServer = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
+    stop_app: StopApp = None,
+    start_app: StartApp = None,
+    stop_app_at: StopAppAt = "swap",
+    app_timeout: AppTimeout = 300,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into a database (created if missing)."""
@@ -49,8 +54,12 @@ def restore(
         from_server=from_server,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
+        application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
     )
-    emit(result.model_dump(mode="json"), as_json, f"restored {result.source} into {result.target}")
+    human = f"restored {result.source} into {result.target}"
+    if result.application and result.application.downtime_seconds is not None:
+        human += f"; the application was down {result.application.downtime_seconds:.1f} s"
+    emit(result.model_dump(mode="json"), as_json, human)
 
 
 @app.command()

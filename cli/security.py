@@ -14,6 +14,7 @@ from cli.app import (
     run_flow,
     use_database_url,
 )
+from cli.application import AppTimeout, RestartApp, application_hooks
 
 StoreAs = Annotated[
     Literal["url", "password"],
@@ -78,11 +79,13 @@ def rotate_password_cmd(
     aws_endpoint_url: Annotated[
         str | None, typer.Option(help="default $AWS_ENDPOINT_URL_SECRETSMANAGER")
     ] = None,
+    restart_app: RestartApp = None,
+    app_timeout: AppTimeout = 300,
     as_json: JsonFlag = False,
 ) -> None:
     """New strong password, proven to log in, stored in a Prefect Secret (and AWS); never shown.
 
-    Restarting the application (the guide's rolling restart) is up to you.
+    --restart-app then restarts the application (the guide's rolling restart).
     """
     from flows.security import rotate_password
 
@@ -95,6 +98,9 @@ def rotate_password_cmd(
         aws_secret_id=aws_secret_id,
         aws_region=aws_region,
         aws_endpoint_url=aws_endpoint_url,
+        application=application_hooks(
+            "restart", restart_app=restart_app, app_timeout_seconds=app_timeout
+        ),
     )
     where = f"Prefect Secret {result.secret_block!r}"
     if result.aws_secret_id:
@@ -103,7 +109,11 @@ def rotate_password_cmd(
         result.model_dump(mode="json"),
         as_json,
         f"password of {role!r} rotated, login verified, stored in {where}; "
-        "restart the application to use it",
+        + (
+            f"the application was restarted ({result.app_restart_seconds:.1f} s)"
+            if result.app_restart_seconds is not None
+            else "restart the application to use it"
+        ),
     )
 
 

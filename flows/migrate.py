@@ -24,6 +24,8 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from pydantic import Field
 
+from tasks.application.commands import AppHooksParameter, ApplicationHooks
+from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
@@ -49,7 +51,7 @@ from tasks.storage.destinations import S3Options
 Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 
-@flow(name="migrate-database", **outcome_hooks("migration"))
+@flow(name="migrate-database", **merged(APPLICATION_HOOKS, outcome_hooks("migration")))
 @documented
 def migrate_database(
     database_url: DatabaseUrl = None,
@@ -150,10 +152,13 @@ def migrate_database(
             "transaction and never finished, after you checked the database; migrate nothing"
         ),
     ] = False,
+    application: AppHooksParameter = None,
 ) -> MigrationSummary | State:
     """Back up, migrate, verify; restore the backup if something applied fails. Completed only
     when the migration is applied and verified."""
     reject_inline_password(database_url, "database_url")
+    if application is not None:
+        application.check_restore()  # stopped and started around a rollback's swap only
     if repair and (command is not None or dry_run):
         raise ParameterError(
             "repair",
@@ -236,12 +241,12 @@ def migrate_database(
                     )
                 summary.checks = verify_schema(*verify_args)
             except Exception as exc:
-                end = _settle(summary, exc, database_url, backup_url, s3)
+                end = _settle(summary, exc, database_url, backup_url, s3, application)
                 raise DbopsError(ending_message(end)) from None
     except Interrupted as signal:
         if summary is None:
             raise  # nothing was touched yet: Prefect's own cancelled/crashed state says so
-        end = _settle(summary, signal, database_url, backup_url, s3)
+        end = _settle(summary, signal, database_url, backup_url, s3, application)
         return Cancelled(message=ending_message(end))
     summary.seconds = round(time.perf_counter() - started, 3)
     publish_report(summary)
@@ -256,6 +261,7 @@ def _settle(
     database_url: str | None,
     backup_url: str | None,
     s3: S3Options | None,
+    application: ApplicationHooks | None = None,
 ) -> Ending:
     """Decide from what this run committed whether to restore the backup; restore if so;
     record the outcome in the summary and its report."""
@@ -267,12 +273,15 @@ def _settle(
         recorded = read_progress(database_url, plan)  # None when the history cannot be read
     progress = recorded if recorded is not None else seen_progress(applied, failure)
     decision = decide(plan, progress, failure, cancelled)
-    state, error = decision.state, None
+    state, error, app_error = decision.state, None, None
     if decision.restore and summary.backup is not None:
-        outcome = restore_pre_migration_backup(database_url, backup_url, s3, summary.backup)
+        outcome = restore_pre_migration_backup(
+            database_url, backup_url, s3, summary.backup, application
+        )
         if not outcome.restored:
             state, error = DatabaseState.ROLLBACK_FAILED, outcome.error
         summary.undone = list(decision.undone)
+        summary.application, app_error = outcome.application, outcome.application_error
     end = Ending(
         database=plan.database,
         state=state if summary.backup else DatabaseState.UNCHANGED,
@@ -282,6 +291,7 @@ def _settle(
         undone=decision.undone,
         pending=tuple(m.id for m in plan.pending),
         rollback_error=error,
+        application_error=app_error,
     )
     summary.status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
     summary.database_state, summary.error = end.state, ending_message(end)

@@ -7,6 +7,8 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from tasks.application.commands import AppHooksParameter
+from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.core.parameters import FromServer, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.operations.outcomes import outcome_hooks, restore_completed
@@ -16,7 +18,7 @@ from tasks.restore.tasks import restore_backup
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="restore-database", **outcome_hooks("restore"))
+@flow(name="restore-database", **merged(APPLICATION_HOOKS, outcome_hooks("restore")))
 @documented
 def restore_database(
     source: Annotated[
@@ -40,9 +42,12 @@ def restore_database(
     from_server: FromServer = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
     slot_wait_seconds: SlotWait = 3600,
+    application: AppHooksParameter = None,
 ) -> RestoreResult:
     """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")
+    if application is not None:
+        application.check_restore()
     result = restore_backup.with_options(retries=retries, retry_delay_seconds=10)(
         source,
         database_url,
@@ -52,6 +57,7 @@ def restore_database(
         from_database,
         slot_wait_seconds,
         from_server,
+        application,
     )
     publish_restore_report(result)
     restore_completed(result, database_url)

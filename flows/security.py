@@ -12,6 +12,9 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from tasks.application.commands import ApplicationHooks
+from tasks.application.hooks import APPLICATION_HOOKS, merged
+from tasks.application.tasks import restart_application
 from tasks.core.errors import ParameterError
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
@@ -75,7 +78,7 @@ def create_readonly_user(
     return Completed(message=f"role {role!r} is read-only", data=result)
 
 
-@flow(name="rotate-password", **outcome_hooks("password-rotation"))
+@flow(name="rotate-password", **merged(APPLICATION_HOOKS, outcome_hooks("password-rotation")))
 @documented
 def rotate_password(
     role: Annotated[str, Field(description="role whose password to rotate")],
@@ -89,13 +92,20 @@ def rotate_password(
     aws_endpoint_url: Annotated[
         str | None, Field(description="default AWS_ENDPOINT_URL_SECRETSMANAGER")
     ] = None,
+    application: Annotated[
+        ApplicationHooks | None,
+        Field(
+            description="restart the application once the new password is stored: restart_app "
+            '(e.g. ["kubectl", "rollout", "restart", "deployment/web"]), or stop_app and '
+            "start_app"
+        ),
+    ] = None,
 ) -> RotationResult:
-    """New strong password, proven to log in, stored in a Prefect Secret (and AWS).
-
-    Restarting the application so it picks the new password up (the guide's
-    rolling restart) is not part of this flow.
-    """
+    """New strong password, proven to log in, stored in a Prefect Secret (and AWS); then the
+    application's restart (the guide's rolling restart) when `application` says how."""
     reject_inline_password(database_url, "database_url")
+    if application is not None:
+        application.check_restart()
     aws = (
         AwsSecretTarget(secret_id=aws_secret_id, region=aws_region, endpoint_url=aws_endpoint_url)
         if aws_secret_id
@@ -109,6 +119,9 @@ def rotate_password(
         result.secret_block,
         f" and AWS secret {result.aws_secret_id!r}" if result.aws_secret_id else "",
     )
+    if application is not None:
+        done = f"the password of {role!r} was rotated and stored in {result.secret_block!r}"
+        result.app_restart_seconds = restart_application(application, database_url, done)
     return result
 
 

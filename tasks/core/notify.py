@@ -14,6 +14,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from tasks.core.errors import ConfigError, TransientError
@@ -70,29 +71,40 @@ def _run_link(flow_run: Any, ui_url: str | None) -> str:
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect on_failure / on_crashed hook."""
-    from prefect.logging import get_logger
+    from tasks.core.settings import Settings
 
-    from tasks.core.settings import Settings, resolve_secret
-
-    logger = get_logger("dbops.notify")
     settings = Settings.from_env()
     if not selected(flow.name, settings.notify_flows):
         return
-    try:
-        url = resolve_secret(settings.webhook_url)
-        if not url:
-            return
-        text = failure_text(
+    send(
+        lambda: failure_text(
             flow.name,
             flow_run.name,
             state.name,
             state.message or state.name,
             _run_link(flow_run, settings.ui_url),
-        )
-        post_webhook(url, text)
-        logger.info("failure of %s reported to the webhook", flow.name)
+        ),
+        f"failure of {flow.name}",
+    )
+
+
+def send(text: Callable[[], str], what: str) -> bool:
+    """Post to DBOPS_WEBHOOK_URL when one is configured; logged, never raised."""
+    from prefect.logging import get_logger
+
+    from tasks.core.settings import Settings, resolve_secret
+
+    logger = get_logger("dbops.notify")
+    try:
+        url = resolve_secret(Settings.from_env().webhook_url)
+        if not url:
+            return False
+        post_webhook(url, text())
+        logger.info("%s reported to the webhook", what)
+        return True
     except Exception as exc:  # noqa: BLE001 - a notification must never hide the failure
-        logger.warning("could not send the failure notification: %s", clean(str(exc)))
+        logger.warning("could not send the notification of %s: %s", what, clean(str(exc)))
+        return False
 
 
 def wants_success(notify_on: str | None) -> bool:

@@ -72,10 +72,17 @@ class Ending:
     undone: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
     rollback_error: str | None = None
+    application_error: str | None = None  # the application was not started again
 
 
 def ending_message(end: Ending) -> str:
-    """Says whether the database was restored, what was applied (and undone), and the backup."""
+    """Says whether the database was restored, what was applied (and undone), and the backup;
+    first of all when the application was left stopped."""
+    text = _database_message(end)
+    return f"{end.application_error}; {text}" if end.application_error else text
+
+
+def _database_message(end: Ending) -> str:
     head = (
         f"migration of {end.database} was cancelled"
         if end.reason is None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
+from tasks.application.window import ApplicationReport
 from tasks.migrations.checks import CheckResult
 from tasks.migrations.command import CommandResult
 from tasks.migrations.plan import MigrationPlan
@@ -57,6 +58,8 @@ class RollbackOutcome(BaseModel):
     backup: PreMigrationBackup
     seconds: float | None = None
     error: str | None = None
+    application: ApplicationReport | None = None  # stopped and started around the swap
+    application_error: str | None = None  # the application was not started again
 
 
 class MigrationSummary(BaseModel):
@@ -74,6 +77,9 @@ class MigrationSummary(BaseModel):
     database_state: DatabaseState | None = None
     undone: list[str] | None = Field(None, description="applied, then undone by the restore")
     repaired: list[str] | None = Field(None, description="unfinished records removed")
+    application: ApplicationReport | None = Field(
+        None, description="the application's stop and start around the rollback's swap"
+    )
     seconds: float | None = None
     error: str | None = None
 

@@ -12,6 +12,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from tasks.application.commands import ApplicationHooks, ApplicationStartError
+from tasks.application.window import ApplicationWindow
 from tasks.backup.catalog import resolve_source
 from tasks.backup.compression import check_level
 from tasks.backup.tasks import take_backup
@@ -126,14 +128,28 @@ def restore_pre_migration_backup(
     backup_url: str | None,
     s3: S3Options | None,
     backup: PreMigrationBackup,
+    application: ApplicationHooks | None = None,
 ) -> RollbackOutcome:
-    """Put the database back as it was before the run; a failure is the outcome, not raised."""
+    """Put the database back as it was before the run; a failure is the outcome, not raised.
+    The application is stopped for the swap (or the whole restore) and started again."""
     logger = get_run_logger()
     logger.warning("Rolling back: restoring pre-migration backup %s", backup.backup_id)
+    window = None
     try:
         settings = Settings.load(database_url, backup_url, s3)
+        target = settings.connection()
+        window = ApplicationWindow(application, logger.info, logger.warning, [target.password])
         source = resolve_source(backup.backup_id, settings.backup_url, settings.s3)
-        result = run_restore(source, settings.connection(), clean=True)
+        with window.around_restore():
+            result = run_restore(source, target, clean=True, around_swap=window.around_swap())
+    except ApplicationStartError as exc:  # the application is down: the flow says so loudly
+        restored = window is not None and window.body_done
+        return RollbackOutcome(
+            restored=restored,
+            backup=backup,
+            error=None if restored else first_line(exc),
+            application_error=str(exc),
+        )
     except Exception as exc:  # noqa: BLE001 - reported loudly by the flow
         logger.critical(
             "ROLLBACK FAILED: restoring %s did not work (%s); the database may be half "
@@ -150,7 +166,9 @@ def restore_pre_migration_backup(
         result.tables,
         result.checksum_verified,
     )
-    return RollbackOutcome(restored=True, backup=backup, seconds=result.seconds)
+    return RollbackOutcome(
+        restored=True, backup=backup, seconds=result.seconds, application=window.report
+    )
 
 
 @task(name="read-migration-progress", cache_policy=NO_CACHE)

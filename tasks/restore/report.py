@@ -10,8 +10,17 @@ from tasks.restore.restore_test import VerificationRecord
 
 
 def publish_restore_report(result: RestoreResult) -> None:
+    rows = [
+        {"item": key, "value": str(value)}
+        for key, value in result.model_dump(exclude={"application"}).items()
+    ]
+    if result.application:  # who stopped it, and how long it was down
+        rows += [
+            {"item": f"application {key}", "value": str(value)}
+            for key, value in result.application.model_dump().items()
+        ]
     publish_table(
-        [{"item": key, "value": str(value)} for key, value in result.model_dump().items()],
+        rows,
         key=f"restore-{result.target.rsplit('/', 1)[-1]}",
         description=f"Restore of {result.source}",
     )

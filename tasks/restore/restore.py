@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from tasks.application.window import ApplicationReport
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
 from tasks.backup.row_counts import table_row_counts
@@ -62,6 +63,7 @@ class RestoreResult(BaseModel):
     tables: int
     mismatched_tables: dict[str, list[int]] = Field(default_factory=dict)
     replaced_existing: bool = False
+    application: ApplicationReport | None = None
 
 
 def user_object_count(target: ConnInfo) -> int:
@@ -179,8 +181,12 @@ def run_restore(
     target: ConnInfo,
     clean: bool = False,
     log: Callable[[str], None] = logger.info,
+    around_swap: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> RestoreResult:
-    """Restore into a scratch database, check it, then swap it in for `target`."""
+    """Restore into a scratch database, check it, then swap it in for `target`.
+
+    `around_swap` wraps only the swap: the application's stop and start (application/window.py).
+    """
     started = time.perf_counter()
     refuse_system_database(target.dbname)
     with maintenance_conn(target) as admin:
@@ -217,10 +223,11 @@ def run_restore(
                 )
             if state is not None:
                 apply_state(admin, scratch, state)
-            shut_out(admin, scratch)
-            swap_in(
-                admin, scratch, target.dbname, aside, state.allow_connections if state else True
-            )
+            with (around_swap or contextlib.nullcontext)():  # the application stops here
+                shut_out(admin, scratch)
+                swap_in(
+                    admin, scratch, target.dbname, aside, state.allow_connections if state else True
+                )
         except BaseException:
             with contextlib.suppress(Exception):
                 drop(admin, scratch)  # only ever the scratch database: the target is untouched

@@ -12,6 +12,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from tasks.application.commands import ApplicationHooks
+from tasks.application.window import ApplicationWindow
 from tasks.backup.catalog import resolve_source
 from tasks.core.errors import retry_transient
 from tasks.core.postgres import maintenance_conn
@@ -33,11 +35,14 @@ def restore_backup(
     from_database: str | None,
     slot_wait_seconds: float = 3600,
     from_server: str | None = None,
+    application: ApplicationHooks | None = None,
 ) -> RestoreResult:
-    """Under the target's slot: never beside a backup, maintenance or migration of it."""
+    """Under the target's slot: never beside a backup, maintenance or migration of it.
+    The application is stopped and started around the swap (or the whole restore)."""
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
     target = settings.connection()
+    window = ApplicationWindow(application, logger.info, logger.warning, [target.password])
     whose = from_database or target.dbname
     backup = resolve_source(
         source, settings.backup_url, settings.s3, whose, from_server=from_server, home=target
@@ -45,8 +50,11 @@ def restore_backup(
     logger.info("Restoring %s into %s", backup.url, target.redacted())
     if backup.manifest is None:
         logger.warning("%s has no dbops manifest: its checksum cannot be verified", backup.url)
-    with database_slot(target, slot_wait_seconds):
-        result = run_restore(backup, target, clean=clean, log=logger.info)
+    with database_slot(target, slot_wait_seconds), window.around_restore():
+        result = run_restore(
+            backup, target, clean=clean, log=logger.info, around_swap=window.around_swap()
+        )
+    result.application = window.report
     logger.info(
         "Restored %d tables in %.1f s (checksum verified: %s)",
         result.tables,

@@ -43,6 +43,7 @@ class RotationResult(BaseModel):
     secret_format: str
     aws_secret_id: str | None = None
     aws_version_id: str | None = None
+    app_restart_seconds: float | None = None  # how long the application's restart took
 
 
 def _old_verifier(conn: psycopg.Connection, role: str) -> tuple[bool, str | None]:
