@@ -1,5 +1,7 @@
 """Bad input refused at once: checks that run before a command imports Prefect or its flow.
 
+Also where a command's progress bar is switched on (a terminal, not `--json`).
+
 Importing Prefect takes seconds and a bare `dbops backup` may start a temporary Prefect
 server; a missing or malformed database URL, an unsupported backup location or a missing
 file must not wait for that. `install(app)` wraps every command so these checks see its
@@ -35,6 +37,8 @@ NEEDS_DATABASE = frozenset(
         "cleanup",
     }
 )
+# Commands whose flows report bytes moved: a bar on a terminal (cli/progress.py).
+SHOWS_PROGRESS = frozenset({"backup", "restore", "verify"})
 # Options naming a backup location, by parameter name, with their flag.
 LOCATIONS = {"to": "--to", "backups": "--from"}
 # Options naming a file or directory that must exist.
@@ -129,6 +133,10 @@ def checked(callback: Callable[..., Any]) -> Callable[..., Any]:
             check(callback.__name__, kwargs)
         except ConfigError as exc:
             fail(str(exc))
+        if callback.__name__ in SHOWS_PROGRESS:
+            from cli.progress import show_progress
+
+            show_progress(bool(kwargs.get("as_json")))
         return callback(*args, **kwargs)
 
     return run
