@@ -51,7 +51,10 @@ from tasks.storage.destinations import S3Options
 Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 
-@flow(name="migrate-database", **merged(APPLICATION_HOOKS, outcome_hooks("migration")))
+@flow(
+    name="migrate-database",
+    **merged(APPLICATION_HOOKS, outcome_hooks("migration", notify=False)),
+)
 @documented
 def migrate_database(
     database_url: DatabaseUrl = None,

@@ -18,7 +18,7 @@ from tasks.restore.tasks import restore_backup
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="restore-database", **merged(APPLICATION_HOOKS, outcome_hooks("restore")))
+@flow(name="restore-database", **merged(APPLICATION_HOOKS, outcome_hooks("restore", notify=False)))
 @documented
 def restore_database(
     source: Annotated[

@@ -233,11 +233,14 @@ def _subject_of_run(flow: Any, flow_run: Any) -> Subject:
     return Subject(database=database or ALL, server=ALL)
 
 
-def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]]:
+def outcome_hooks(
+    noun: str, failed_verb: str = "failed", notify: bool = True
+) -> dict[str, list[Any]]:
     """`@flow(name=..., **outcome_hooks("backup"))`: pings, webhook and events for every run.
 
     One hook per state (Prefect logs two lines per hook it runs); each part is guarded, so a
-    monitor or webhook that is down never changes the run's outcome.
+    monitor or webhook that is down never changes the run's outcome. `notify=False` for flows
+    that post their own message (restore and migrate say what became of the application).
     """
 
     def dbops_started(flow: Any, flow_run: Any, state: Any) -> None:
@@ -250,7 +253,8 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
             emit_dbops_event(noun, "completed", subject, {"flow": flow.name})
         text = f"{flow.name} {flow_run.name} completed"
         ping(_ping_url(flow, flow_run), Ping.SUCCESS, text, _log(flow_run))
-        notify_success(flow, flow_run, state)
+        if notify:
+            notify_success(flow, flow_run, state)
 
     def dbops_failed(flow: Any, flow_run: Any, state: Any) -> None:
         message = clean(state.message or state.name)
@@ -263,7 +267,8 @@ def outcome_hooks(noun: str, failed_verb: str = "failed") -> dict[str, list[Any]
             )
         text = f"{flow.name} {flow_run.name} {state.name}: {message}"
         ping(_ping_url(flow, flow_run), Ping.FAIL, text, _log(flow_run))
-        notify_failure(flow, flow_run, state)
+        if notify:
+            notify_failure(flow, flow_run, state)
 
     return {
         "on_running": [dbops_started],
