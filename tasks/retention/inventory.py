@@ -28,12 +28,15 @@ from tasks.backup.manifest import (
     backup_id_of,
     database_of_id,
     encode_database,
+    read_concurrently,
     read_manifest,
     read_verification,
 )
+from tasks.copies.records import COPY_MARK
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite
+from tasks.storage.object_lock import ObjectLockedError
 
 T = TypeVar("T")
 
@@ -74,11 +77,13 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         inventory.unreadable.append(name)
         protected.add(backup_id_of(name))
 
-    for name in sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX)):
-        manifest = _read(read_manifest, destination, name, protect)
-        if manifest is None:
+    manifest_names = sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX))
+    loaded = read_concurrently(lambda n: read_manifest(destination, n), manifest_names)
+    for name, manifest in loaded.items():
+        if isinstance(manifest, ManifestError):
+            protect(name)
             continue
-        own = _backup_objects(manifest)
+        own = backup_object_names(manifest, objects)
         if not all(backup_id_of(n) == manifest.backup_id for n in own):
             protect(name)  # names objects outside its backup: never acted on
             continue
@@ -88,10 +93,18 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         if manifest.dump.name not in objects:
             inventory.leftovers.extend(n for n in own if n in objects)
             continue
-        sidecar = manifest.backup_id + VERIFIED_SUFFIX
-        if sidecar in objects:
-            manifest.verification = read_verification(destination, sidecar, strict=True)
         inventory.manifests.append(manifest)
+    sidecars = [m.backup_id + VERIFIED_SUFFIX for m in inventory.manifests]
+    records = read_concurrently(
+        lambda n: read_verification(destination, n, strict=True),
+        [n for n in sidecars if n in objects],
+    )
+    for manifest, sidecar in zip(inventory.manifests, sidecars, strict=True):
+        record = records.get(sidecar)
+        if isinstance(record, ManifestError):
+            raise record  # fails closed: nothing is deleted beside an unreadable record
+        if sidecar in records:
+            manifest.verification = record
     for name in sorted(n for n in objects if n.endswith(CLAIM_SUFFIX) and n not in named):
         if backup_id_of(name) in protected or not _mine(name, database):
             continue
@@ -126,12 +139,15 @@ def _read(
         return None
 
 
-def _backup_objects(manifest: Manifest) -> list[str]:
-    """A backup's objects in deletion order: the manifest, its completion mark, goes last."""
+def backup_object_names(manifest: Manifest, present: set[str] | None = None) -> list[str]:
+    """A backup's objects in deletion order: the manifest, its completion mark, goes last.
+    Its copy records (`copies/records.py`) are among the `present` names."""
     names = [manifest.dump.name]
     if manifest.globals is not None:
         names.append(manifest.globals.name)
-    names += [manifest.backup_id + VERIFIED_SUFFIX, manifest.claim_name, manifest.manifest_name]
+    names.append(manifest.backup_id + VERIFIED_SUFFIX)
+    names += sorted(n for n in present or () if n.startswith(manifest.backup_id + COPY_MARK))
+    names += [manifest.claim_name, manifest.manifest_name]
     return names
 
 
@@ -139,6 +155,9 @@ class PruneResult(BaseModel):
     deleted_backups: list[str] = Field(default_factory=list)
     deleted_objects: list[str] = Field(default_factory=list)
     aborted_uploads: list[str] = Field(default_factory=list)
+    locked: list[str] = Field(
+        default_factory=list, description="deletions S3 Object Lock refused: the backup stays"
+    )
 
 
 def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Inventory) -> PruneResult:
@@ -149,10 +168,15 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
     by_id = {m.backup_id: m for m in inventory.manifests}
     result = PruneResult()
     for item in plan.delete:
-        for name in _backup_objects(by_id[item.backup_id]):
-            if name in present:
-                _delete(destination, name)
-                result.deleted_objects.append(name)
+        try:
+            for name in backup_object_names(by_id[item.backup_id], present):
+                if name in present:
+                    _delete(destination, name)
+                    result.deleted_objects.append(name)
+        except ObjectLockedError as exc:
+            # Not deleted, not a failure: the lock is doing its job; the rest goes on.
+            result.locked.append(f"{item.backup_id}: {exc}")
+            continue
         result.deleted_backups.append(item.backup_id)
     for name in plan.leftovers:
         _delete(destination, name)
@@ -163,6 +187,8 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
 def _delete(destination: Destination, name: str) -> None:
     try:
         destination.delete(name)
+    except ObjectLockedError:
+        raise
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         error = TransientError if isinstance(exc, botocore.exceptions.BotoCoreError) else DbopsError
         raise error(

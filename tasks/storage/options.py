@@ -16,6 +16,12 @@ class S3Options(BaseModel):
     sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
     storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
     tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
+    object_lock: Literal["governance", "compliance"] | None = Field(
+        None, description="S3 Object Lock mode of every object written (needs a lock bucket)"
+    )
+    object_lock_days: int | None = Field(
+        None, ge=1, description="days each written object stays locked (with object_lock)"
+    )
     credentials_block: str | None = Field(
         None, description="name of a prefect-aws AwsCredentials block; default boto3's chain"
     )
