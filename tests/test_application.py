@@ -306,6 +306,8 @@ def test_a_start_that_keeps_failing_fails_the_run_loudly(prefect, backed_up, app
     assert "the database was restored, but THE APPLICATION IS NOT RUNNING" in state.message
     assert "failed 2 times" in state.message and "image not found" in state.message
     assert oid_of(url) != old_oid and not app.running()
+    scratch = url.rsplit("/", 1)[-1] + "__dbops_%"  # the old copy is dropped all the same
+    assert query(url, "SELECT datname FROM pg_database WHERE datname LIKE %s", scratch) == []
     [body] = webhook.bodies
     assert "THE APPLICATION IS NOT RUNNING" in body["text"]
     with get_client(sync_client=True) as client:

@@ -232,6 +232,9 @@ def run_restore(
         except BaseException:
             with contextlib.suppress(Exception):
                 drop(admin, scratch)  # only ever the scratch database: the target is untouched
+            if aside is not None:  # it exists only when the swap committed (the start failed)
+                with contextlib.suppress(Exception):
+                    drop(admin, aside)
             raise
         log(f"{target.dbname!r} is now the restored copy")
     return RestoreResult(
