@@ -8,7 +8,7 @@ when the flow run Completed.
 
 # Importing a module registers its commands; this order is the order of `dbops --help`.
 # isort: off
-from cli import backup, restore, retention, migrations  # noqa: F401
+from cli import backup, copies, restore, retention, migrations  # noqa: F401
 from cli import maintenance, health, security, demo, deployments  # noqa: F401
 
 # isort: on

@@ -46,6 +46,18 @@ FromServer = Annotated[
     str | None,
     typer.Option(help=describe(parameters.FromServer), show_default=False),
 ]
+ObjectLockOption = Annotated[
+    str | None,
+    typer.Option(
+        "--object-lock",
+        help="S3 Object Lock every object written: governance or compliance",
+        show_default=False,
+    ),
+]
+ObjectLockDaysOption = Annotated[
+    int | None,
+    typer.Option(help="days the objects stay locked (with --object-lock)", show_default=False),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 Retries = Annotated[int, typer.Option(min=0, max=10, help="retries of transient errors")]
 

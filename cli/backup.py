@@ -11,6 +11,8 @@ from cli.app import (
     BackupUrl,
     DatabaseUrl,
     JsonFlag,
+    ObjectLockDaysOption,
+    ObjectLockOption,
     Retries,
     app,
     emit,
@@ -43,6 +45,12 @@ def backup(
     sse_kms_key_id: Annotated[str | None, typer.Option(help="KMS key id for aws:kms")] = None,
     storage_class: Annotated[str | None, typer.Option(help="S3 storage class")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="S3 object tag KEY=VALUE")] = None,
+    copy_to: Annotated[
+        list[str] | None,
+        typer.Option(help="also copy the finished backup here, checked (repeatable)"),
+    ] = None,
+    object_lock: ObjectLockOption = None,
+    object_lock_days: ObjectLockDaysOption = None,
     retries: Retries = 0,
     as_json: JsonFlag = False,
 ) -> None:
@@ -64,8 +72,13 @@ def backup(
         include_globals=globals_,
         s3=s3,
         retries=retries,
+        copy_to=copy_to or None,
+        object_lock=object_lock,
+        object_lock_days=object_lock_days,
     )
     human = f"backup {manifest.backup_id} stored: {manifest.dump.name}"
+    if copy_to:
+        human += f", copied to {', '.join(copy_to)}"
     emit(manifest.model_dump(mode="json"), as_json, human)
 
 
@@ -79,11 +92,13 @@ def list_backups(
     """List the backups under BACKUP_URL, newest first (reads only; runs no flow)."""
     from tasks.backup.identity import in_the_future
     from tasks.backup.manifest import list_manifests
+    from tasks.copies.locations import backup_locations, copies_present
     from tasks.core.settings import Settings
 
     try:
         settings = Settings.load(None, to, s3_options(endpoint_url, None, None, None, None))
         manifests = list_manifests(settings.destination(), database)
+        places = backup_locations(settings.destination(), manifests, settings.s3)
     except DbopsError as exc:
         fail(str(exc))
     now = datetime.now(UTC)
@@ -103,6 +118,7 @@ def list_backups(
             "verified": m.verification.ok if m.verification else None,
             "verified_at": m.verification.verified_at.isoformat() if m.verification else None,
             "verification": m.verification.detail if m.verification else None,
+            "locations": [p.model_dump(mode="json") for p in places[m.backup_id]],
         }
         for m in manifests
     ]
@@ -126,3 +142,8 @@ def list_backups(
             f"{row['backup_id']:<40} {row['server']:<20} {row['size']:>14,d}  {state:<21} "
             f"{row['dump']}  {labels}"
         )
+        for place in places[m.backup_id][1:]:
+            where = {True: "copy at", False: "copy MISSING at", None: "copy unknown at"}
+            say(f"    {where[place.present]} {place.destination}  {place.problem}".rstrip())
+    if any(copies_present(p) for p in places.values()):
+        say(f"({len(rows)} backups under {settings.destination().url})")

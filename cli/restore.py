@@ -14,6 +14,7 @@ from cli.app import (
     Retries,
     app,
     emit,
+    fail,
     run_flow,
     s3_options,
     use_database_url,
@@ -33,6 +34,23 @@ def restore(
         str | None, typer.Option(help="with `latest`: whose backups (default: the target's)")
     ] = None,
     from_server: FromServer = None,
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table",
+            help="restore only this SCHEMA.TABLE (repeatable), beside what the database has",
+        ),
+    ] = None,
+    schema: Annotated[
+        list[str] | None,
+        typer.Option("--schema", help="restore only the tables of this schema (repeatable)"),
+    ] = None,
+    into_schema: Annotated[
+        str | None, typer.Option(help="with --table/--schema: into this schema (created)")
+    ] = None,
+    as_table: Annotated[
+        str | None, typer.Option(help="with one --table: the restored table's new name")
+    ] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
     stop_app: StopApp = None,
@@ -41,10 +59,28 @@ def restore(
     app_timeout: AppTimeout = 300,
     as_json: JsonFlag = False,
 ) -> None:
-    """Restore a backup into a database (created if missing)."""
+    """Restore a backup into a database (created if missing), or only some of its tables."""
     from flows.restore import restore_database
 
     use_database_url(database_url)
+    if table or schema or into_schema or as_table:
+        if stop_app or start_app:
+            fail("--stop-app/--start-app go with a whole restore; a table restore replaces nothing")
+        _restore_tables(
+            source,
+            backups,
+            clean,
+            from_database,
+            from_server,
+            table,
+            schema,
+            into_schema,
+            as_table,
+            endpoint_url,
+            retries,
+            as_json,
+        )
+        return
     result = run_flow(
         restore_database,
         source=source,
@@ -59,6 +95,46 @@ def restore(
     human = f"restored {result.source} into {result.target}"
     if result.application and result.application.downtime_seconds is not None:
         human += f"; the application was down {result.application.downtime_seconds:.1f} s"
+    emit(result.model_dump(mode="json"), as_json, human)
+
+
+def _restore_tables(
+    source: str,
+    backups: str | None,
+    clean: bool,
+    from_database: str | None,
+    from_server: str | None,
+    tables: list[str] | None,
+    schemas: list[str] | None,
+    into_schema: str | None,
+    as_table: str | None,
+    endpoint_url: str | None,
+    retries: int,
+    as_json: bool,
+) -> None:
+    from flows.restore_tables import restore_tables
+
+    if clean:
+        fail("--clean replaces a whole database; a table restore never replaces anything")
+    if not tables and not schemas:
+        fail("--into-schema and --as-table go with --table SCHEMA.TABLE or --schema SCHEMA")
+    result = run_flow(
+        restore_tables,
+        source=source,
+        tables=tables or [],
+        schemas=schemas or [],
+        into_schema=into_schema,
+        as_table=as_table,
+        backup_url=backups,
+        from_database=from_database,
+        from_server=from_server,
+        s3=s3_options(endpoint_url, None, None, None, None),
+        retries=retries,
+    )
+    restored = ", ".join(f"{a} as {b}" for a, b in result.tables.items())
+    human = f"restored {restored} from {result.source} into {result.target}"
+    if result.left_out:
+        human += "\nleft out (refer to tables not restored): " + "; ".join(result.left_out)
     emit(result.model_dump(mode="json"), as_json, human)
 
 

@@ -17,7 +17,14 @@ def _policy_option(name: str, *flags: str) -> typer.models.OptionInfo:
 
 @app.command()
 def prune(
-    to: BackupUrl = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            "--from",
+            help="the destination to prune (each has its own policy); default $BACKUP_URL",
+        ),
+    ] = None,
     database: Annotated[
         str | None, typer.Option(help="only this database's backups (default: all)")
     ] = None,
@@ -84,6 +91,7 @@ def prune(
     lines += [
         f"LEAVE  {name}  (unreadable: its backup is not touched)" for name in report.unreadable
     ]
+    lines += [f"LOCKED {refused}" for refused in report.locked]
     if report.refused:
         lines.append(f"prune would refuse, nothing would be deleted: {report.refused}")
     elif dry_run:
@@ -110,6 +118,12 @@ def check(
         float | None,
         typer.Option(help="the newest backup, verified or not, may be at most N hours old"),
     ] = None,
+    min_copies: Annotated[
+        int,
+        typer.Option(
+            min=0, help="the newest verified backup must also exist in N other destinations"
+        ),
+    ] = 0,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
     as_json: JsonFlag = False,
@@ -124,12 +138,14 @@ def check(
         database=database,
         max_age_hours=max_age_hours,
         max_backup_age_hours=max_backup_age_hours,
+        min_copies=min_copies,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
     )
     lines = [
         f"{d.database}: newest verified backup {d.newest_verified} is "
         f"{d.newest_verified_age_hours}h old (limit {max_age_hours:g}h): OK"
+        + (f", {d.copies} checked copies elsewhere" if d.copies is not None else "")
         for d in report.databases
     ]
     emit(report, as_json, "\n".join(lines))

@@ -11,9 +11,10 @@ from pydantic import Field
 from tasks.backup.compression import check_level
 from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
-from tasks.core.errors import ParameterError
-from tasks.core.parameters import DatabaseUrl, SlotWait, documented
-from tasks.core.settings import reject_inline_password
+from tasks.copies.tasks import check_targets, copy_to_destination
+from tasks.core.errors import DbopsError, ParameterError
+from tasks.core.parameters import DatabaseUrl, ObjectLock, ObjectLockDays, SlotWait, documented
+from tasks.core.settings import reject_inline_password, s3_with_lock
 from tasks.storage.destinations import S3Options
 
 
@@ -37,13 +38,22 @@ def backup_database(
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 2,
     retry_delay_seconds: Annotated[float, Field(ge=0, description="first retry delay")] = 30,
     slot_wait_seconds: SlotWait = 3600,
+    copy_to: Annotated[
+        list[str] | None,
+        Field(description="second destinations the finished backup is copied to (checked)"),
+    ] = None,
+    object_lock: ObjectLock = None,
+    object_lock_days: ObjectLockDays = None,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
         raise ParameterError("format", f"{format!r} is unknown; use plain or custom")
     level = check_level(compression, level)
-    return dump_database.with_options(
+    s3 = s3_with_lock(s3, object_lock, object_lock_days)
+    if copy_to:
+        check_targets(backup_url, s3, copy_to)
+    manifest = dump_database.with_options(
         retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds)
     )(
         database_url,
@@ -56,3 +66,22 @@ def backup_database(
         include_globals,
         slot_wait_seconds,
     )
+    if copy_to:
+        copy_after_backup(manifest, backup_url, s3, copy_to, retries)
+    return manifest
+
+
+def copy_after_backup(
+    manifest: Manifest, backup_url: str | None, s3: S3Options | None, urls: list[str], retries: int
+) -> None:
+    """Every target gets its copy; the run fails after, naming the ones that failed."""
+    failed = []
+    for url in urls:
+        report = copy_to_destination.with_options(retries=retries, retry_delay_seconds=10)(
+            backup_url, s3, url, s3, manifest.backup_id
+        )
+        failed += [f"{report.target}: {f.error}" for f in report.failed]
+    if failed:
+        raise DbopsError(
+            f"backup {manifest.backup_id} is stored, but its copy failed: " + "; ".join(failed)
+        )

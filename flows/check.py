@@ -9,6 +9,8 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from tasks.copies.locations import require_copies
+from tasks.copies.tasks import find_copies
 from tasks.core.errors import DbopsError, NotFoundError
 from tasks.core.parameters import BackupUrl, Retries, S3Parameter, documented
 from tasks.retention.freshness import FreshnessReport, assess_freshness, check_limits
@@ -31,6 +33,14 @@ def backup_freshness(
         float | None,
         Field(description="the newest backup (verified or not) may be at most this old"),
     ] = None,
+    min_copies: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="the newest verified backup must also exist, checked, in this many "
+            "other destinations (dbops copy)",
+        ),
+    ] = 0,
     s3: S3Parameter = None,
     retries: Retries = 2,
 ) -> FreshnessReport:
@@ -46,6 +56,11 @@ def backup_freshness(
         databases=[database] if database else [],
     )
     report.location = location
+    if min_copies:
+        places = find_copies.with_options(retries=retries, retry_delay_seconds=10)(
+            backup_url, s3, database
+        )
+        require_copies(report.databases, places, min_copies)
     publish_freshness(report)
     get_run_logger().info("Backup freshness of %s: %s", location, "fresh" if report.ok else "STALE")
     if not report.databases:

@@ -21,7 +21,7 @@ from tasks.retention.inventory import PruneResult
 from tasks.retention.plan import BackupInfo, RetentionPlan, plan_retention
 from tasks.retention.policy import MIN_ABANDON_HOURS, RetentionPolicy, check_abandon_hours
 from tasks.retention.report import publish_plan
-from tasks.retention.tasks import delete_backups, scan_backups
+from tasks.retention.tasks import delete_backups, hold_locked_backups, scan_backups
 
 
 class PruneReport(RetentionPlan, PruneResult):
@@ -67,6 +67,9 @@ def prune_backups(
         now,
         leftovers=inventory.leftovers,
         ignored=inventory.ignored,
+    )
+    plan = hold_locked_backups.with_options(retries=retries, retry_delay_seconds=10)(
+        backup_url, s3, plan, inventory
     )
     plan.incomplete_uploads = [write.key for write in abandoned.uploads]
     plan.abandoned = [name for started in abandoned.started for name in started.present]

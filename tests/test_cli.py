@@ -214,3 +214,30 @@ def test_flow_parameter_with_a_password_is_refused(prefect, pg, sample_db, tmp_p
     assert state.is_failed()
     assert "secret://" in state.message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_one_table_beside_the_live_one(prefect, sample_db, tmp_path):
+    from tasks.backup.pipeline import BackupRequest, run_backup
+    from tasks.core.postgres import ConnInfo
+    from tasks.storage.destinations import Destination
+    from tests.backup_helpers import invoke_dbops
+
+    manifest = run_backup(
+        BackupRequest(ConnInfo.parse(sample_db), Destination.from_url(str(tmp_path)))
+    )
+    before = content_checksums(sample_db)
+    table = next(name for name in manifest.row_counts if name.endswith(".User"))
+    common = ("restore", manifest.backup_id, "--from", str(tmp_path), "--database-url", sample_db)
+    # In-process (the session's Prefect harness): a subprocess adds ~10 s of start-up here.
+    restored = invoke_dbops(*common, "--table", table, "--into-schema", "rescued", "--json")
+    assert restored.exit_code == 0, restored.output[-2000:]
+    result = json.loads(restored.stdout)
+    assert result["tables"] == {table: "rescued.User"} and result["checksum_verified"] is True
+    after = content_checksums(sample_db)
+    assert after.pop("rescued.User") == before[table]
+    assert after == before
+
+    refused = invoke_dbops(*common, "--table", table)  # in-process: the refusal comes first
+    assert refused.exit_code == 1
+    line = next(line for line in refused.output.splitlines() if line.startswith("error: "))
+    assert f"{table} already exists" in line and "--as-table" in line and "--into-schema" in line

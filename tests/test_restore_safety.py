@@ -367,7 +367,10 @@ def test_a_full_disk_is_the_servers_fault_a_bad_statement_the_backups(
         env=info.child_env(),
     )  # fmt: skip
     tail = StderrTail(process.stderr)
-    process.communicate(statement.encode() + b"\n")
+    assert process.stdin is not None  # the tail thread alone reads stderr: no communicate()
+    process.stdin.write(statement.encode() + b"\n")
+    process.stdin.close()
+    process.wait()
     error = tool_failure("psql", process.returncode, tail, None)
     expected = SurroundingsError if blamed == "server" else BackupFaultError
     assert type(error) is expected, str(error)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
@@ -56,6 +56,16 @@ BackupUrl = Annotated[
 """Where backups are: S3 or a local directory."""
 
 S3Parameter = Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")]
+
+ObjectLock = Annotated[
+    Literal["governance", "compliance"] | None,
+    Field(description="S3 Object Lock mode of every object written; needs object_lock_days"),
+]
+"""Immutability: locked objects cannot be deleted or overwritten until their date."""
+
+ObjectLockDays = Annotated[
+    int | None, Field(description="days every object written stays locked (with object_lock)")
+]
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 

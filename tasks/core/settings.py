@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -99,9 +99,9 @@ class Settings(BaseModel):
 
         return ConnInfo.parse(self.require_database_url())
 
-    def destination(self) -> Destination:
-        """Where backups are: S3 or a local directory."""
-        return Destination.from_url(self.backup_url, self.s3)
+    def destination(self, url: str | None = None) -> Destination:
+        """Where backups are (BACKUP_URL), or another place of them (`url`: a copy's)."""
+        return Destination.from_url(resolve_secret(url) or self.backup_url, self.s3)
 
     def scratch_server(self) -> ConnInfo:
         """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""
@@ -127,7 +127,39 @@ def s3_options_from_env(env: Mapping[str, str] | None = None) -> S3Options:
         sse_kms_key_id=env.get("DBOPS_S3_KMS_KEY_ID") or None,
         storage_class=env.get("DBOPS_S3_STORAGE_CLASS") or None,
         tags=parse_tags(env.get("DBOPS_S3_TAGS", "")),
+        **object_lock_from_env(env),
     )
+
+
+def s3_with_lock(s3: S3Options | None, mode: str | None, days: int | None) -> S3Options | None:
+    """The S3 options with a run's lock parameters merged in (they override the environment)."""
+    from tasks.storage.object_lock import check_lock_request
+
+    check_lock_request(mode, days)
+    if not mode:
+        return s3
+    base = s3 or s3_options_from_env()
+    return base.model_copy(update={"object_lock": mode, "object_lock_days": days})
+
+
+def object_lock_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """DBOPS_S3_OBJECT_LOCK (governance|compliance) and DBOPS_S3_OBJECT_LOCK_DAYS."""
+    mode = env.get("DBOPS_S3_OBJECT_LOCK") or None
+    days_text = env.get("DBOPS_S3_OBJECT_LOCK_DAYS") or None
+    if mode not in (None, "governance", "compliance"):
+        raise ConfigError(
+            f"DBOPS_S3_OBJECT_LOCK={mode!r} is not valid; use governance or compliance"
+        )
+    try:
+        days = int(days_text) if days_text else None
+    except ValueError:
+        days = 0
+    if (days is not None and days < 1) or bool(mode) != bool(days):
+        raise ConfigError(
+            "DBOPS_S3_OBJECT_LOCK and DBOPS_S3_OBJECT_LOCK_DAYS go together: a mode "
+            "(governance or compliance) and a whole number of days, 1 or more"
+        )
+    return {"object_lock": mode, "object_lock_days": days} if mode else {}
 
 
 def parse_tags(text: str) -> dict[str, str]:

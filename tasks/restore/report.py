@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.core.artifacts import artifact_key, publish_table
 from tasks.restore.restore import RestoreResult
 from tasks.restore.restore_test import VerificationRecord
+from tasks.restore.tables import TableRestoreResult
 
 
 def publish_restore_report(result: RestoreResult) -> None:
@@ -69,3 +70,25 @@ def verification_markdown(record: VerificationRecord) -> str:
     if record.recorded_at:
         lines.append(f"Result recorded in `{record.recorded_at}`.")
     return "\n".join(lines)
+
+
+def publish_table_restore_report(result: TableRestoreResult) -> None:
+    """One row per restored table: where it came from, where it is, its checked rows."""
+    rows = [
+        {
+            "backup table": source,
+            "restored as": final,
+            "rows (checked)": str(result.row_counts.get(final, "partitioned")),
+        }
+        for source, final in result.tables.items()
+    ]
+    rows += [
+        {"backup table": key, "restored as": "left out", "rows (checked)": ""}
+        for key in result.left_out
+    ]
+    publish_table(
+        rows,
+        key=f"restore-tables-{result.target.rsplit('/', 1)[-1]}",
+        description=f"Tables restored from {result.source} (SHA-256 verified: "
+        f"{result.checksum_verified})",
+    )

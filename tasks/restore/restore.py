@@ -16,6 +16,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
+from typing import IO, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -96,6 +97,11 @@ def restore_command(source: BackupSource, major: int) -> list[str]:
             "--dbname",
             "{dbname}",
         ]
+    return psql_command(major)
+
+
+def psql_command(major: int) -> list[str]:
+    """psql that stops at the first error, naming its SQLSTATE; `{dbname}` is filled in later."""
     tool = find_client_tool("psql", major)
     return [
         tool.path,
@@ -139,13 +145,24 @@ def tool_failure(tool: str, code: int, tail: StderrTail, secret: str | None) -> 
     return BackupFaultError(f"{tool} stopped at the first error: {line}", BackupCheck.RESTORE)
 
 
+class ChunkFilter(Protocol):
+    """Rewrites the decompressed dump on its way (e.g. keeps only some tables' rows)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 def stream_into(
-    source: BackupSource, command: list[str], env: dict[str, str], secret: str | None
+    source: BackupSource,
+    command: list[str],
+    env: dict[str, str],
+    secret: str | None,
+    transform: ChunkFilter | None = None,
+    stdout: int | IO[bytes] = subprocess.DEVNULL,
 ) -> tuple[HashingReader, bool]:
     """Feed the backup to psql/pg_restore; the end of input is sent only if it is intact."""
-    process = spawn(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
+    process = spawn(command, stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, env=env)
     assert process.stdin is not None and process.stderr is not None
     tail = StderrTail(process.stderr)
     tool = command[0].rsplit("/", 1)[-1]
@@ -159,6 +176,8 @@ def stream_into(
                 following = decompressor.read_chunk(CHUNK_SIZE)
                 if not following:
                     verified = _check_integrity(source, reader)
+                if transform is not None:
+                    held = transform.feed(held) + (b"" if following else transform.finish())
                 try:
                     process.stdin.write(held)
                 except BrokenPipeError:

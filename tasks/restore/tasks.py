@@ -22,6 +22,8 @@ from tasks.core.slots import database_slot
 from tasks.restore.restore import RestoreResult, run_restore
 from tasks.restore.restore_test import VerificationRecord, verify_restore, write_verification
 from tasks.restore.swap import drop, leftovers
+from tasks.restore.table_names import TableRequest
+from tasks.restore.tables import TableRestoreResult, restore_tables
 from tasks.storage.destinations import S3Options
 
 
@@ -61,6 +63,35 @@ def restore_backup(
         result.seconds,
         result.checksum_verified,
     )
+    return result
+
+
+@task(name="restore-tables", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def restore_some_tables(
+    source: str,
+    request: TableRequest,
+    database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    from_database: str | None,
+    slot_wait_seconds: float = 3600,
+    from_server: str | None = None,
+) -> TableRestoreResult:
+    """Under the target's slot, like a whole restore: a few tables beside the live ones."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url, backup_url, s3)
+    target = settings.connection()
+    backup = resolve_source(
+        source,
+        settings.backup_url,
+        settings.s3,
+        from_database or target.dbname,
+        from_server=from_server,
+        home=target,
+    )
+    with database_slot(target, slot_wait_seconds):
+        result = restore_tables(backup, target, request, log=logger.info)
+    logger.info("Restored %d tables in %.1f s", len(result.tables), result.seconds)
     return result
 
 

@@ -28,6 +28,9 @@ class DatabaseFreshness(BaseModel):
     newest_verified_age_hours: float | None
     ok: bool
     problem: str = ""
+    copies: int | None = Field(
+        None, description="checked copies of the newest verified backup elsewhere (min_copies)"
+    )
 
 
 class FreshnessReport(BaseModel):

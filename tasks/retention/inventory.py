@@ -31,9 +31,11 @@ from tasks.backup.manifest import (
     read_manifest,
     read_verification,
 )
+from tasks.copies.records import COPY_MARK
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite
+from tasks.storage.object_lock import ObjectLockedError
 
 T = TypeVar("T")
 
@@ -78,7 +80,7 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         manifest = _read(read_manifest, destination, name, protect)
         if manifest is None:
             continue
-        own = _backup_objects(manifest)
+        own = backup_object_names(manifest, objects)
         if not all(backup_id_of(n) == manifest.backup_id for n in own):
             protect(name)  # names objects outside its backup: never acted on
             continue
@@ -126,12 +128,15 @@ def _read(
         return None
 
 
-def _backup_objects(manifest: Manifest) -> list[str]:
-    """A backup's objects in deletion order: the manifest, its completion mark, goes last."""
+def backup_object_names(manifest: Manifest, present: set[str] | None = None) -> list[str]:
+    """A backup's objects in deletion order: the manifest, its completion mark, goes last.
+    Its copy records (`copies/records.py`) are among the `present` names."""
     names = [manifest.dump.name]
     if manifest.globals is not None:
         names.append(manifest.globals.name)
-    names += [manifest.backup_id + VERIFIED_SUFFIX, manifest.claim_name, manifest.manifest_name]
+    names.append(manifest.backup_id + VERIFIED_SUFFIX)
+    names += sorted(n for n in present or () if n.startswith(manifest.backup_id + COPY_MARK))
+    names += [manifest.claim_name, manifest.manifest_name]
     return names
 
 
@@ -139,6 +144,9 @@ class PruneResult(BaseModel):
     deleted_backups: list[str] = Field(default_factory=list)
     deleted_objects: list[str] = Field(default_factory=list)
     aborted_uploads: list[str] = Field(default_factory=list)
+    locked: list[str] = Field(
+        default_factory=list, description="deletions S3 Object Lock refused: the backup stays"
+    )
 
 
 def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Inventory) -> PruneResult:
@@ -149,10 +157,15 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
     by_id = {m.backup_id: m for m in inventory.manifests}
     result = PruneResult()
     for item in plan.delete:
-        for name in _backup_objects(by_id[item.backup_id]):
-            if name in present:
-                _delete(destination, name)
-                result.deleted_objects.append(name)
+        try:
+            for name in backup_object_names(by_id[item.backup_id], present):
+                if name in present:
+                    _delete(destination, name)
+                    result.deleted_objects.append(name)
+        except ObjectLockedError as exc:
+            # Not deleted, not a failure: the lock is doing its job; the rest goes on.
+            result.locked.append(f"{item.backup_id}: {exc}")
+            continue
         result.deleted_backups.append(item.backup_id)
     for name in plan.leftovers:
         _delete(destination, name)
@@ -163,6 +176,8 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
 def _delete(destination: Destination, name: str) -> None:
     try:
         destination.delete(name)
+    except ObjectLockedError:
+        raise
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         error = TransientError if isinstance(exc, botocore.exceptions.BotoCoreError) else DbopsError
         raise error(

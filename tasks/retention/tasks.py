@@ -20,6 +20,7 @@ from tasks.retention.inventory import (
     safe_age,
     take_inventory,
 )
+from tasks.retention.locks import hold_locked
 from tasks.retention.plan import BackupInfo, RetentionPlan
 from tasks.storage.destinations import S3Options
 
@@ -43,6 +44,18 @@ def scan_backups(
     return inventory, abandoned
 
 
+@task(name="hold-locked-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def hold_locked_backups(
+    backup_url: str | None, s3: S3Options | None, plan: RetentionPlan, inventory: Inventory
+) -> RetentionPlan:
+    """Backups the plan would delete that S3 Object Lock still protects are kept instead."""
+    destination = Settings.load(None, backup_url, s3).destination()
+    held = hold_locked(destination, plan, inventory)
+    if held:
+        get_run_logger().info("%d backups under %s are locked: kept", held, destination.url)
+    return plan
+
+
 @task(name="delete-backups", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def delete_backups(
     backup_url: str | None,
@@ -58,6 +71,8 @@ def delete_backups(
     result = PruneResult() if plan.refused else apply_plan(destination, plan, inventory)
     for backup_id in result.deleted_backups:
         logger.info("Deleted backup %s", backup_id)
+    for refused in result.locked:
+        logger.warning("Not deleted, S3 Object Lock refused: %s", refused)
     clean_abandoned(destination, abandoned)
     result.aborted_uploads = [write.key for write in abandoned.uploads]
     result.deleted_objects += [name for s in abandoned.started for name in s.present]

@@ -24,6 +24,14 @@ from pydantic import BaseModel, Field
 
 from tasks.core.errors import DbopsError, TransientError
 from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
+from tasks.storage.object_lock import (
+    LockMode,
+    ObjectLockedError,
+    content_md5,
+    lock_args,
+    require_lock_enabled,
+    retention_of,
+)
 
 PARTIAL_MARK = ".partial-"
 
@@ -36,6 +44,12 @@ class S3Options(BaseModel):
     sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
     storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
     tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
+    object_lock: LockMode | None = Field(
+        None, description="S3 Object Lock mode of every object written (needs a lock bucket)"
+    )
+    object_lock_days: int | None = Field(
+        None, ge=1, description="days each written object stays locked (with object_lock)"
+    )
 
     def merged(self, **overrides: object) -> S3Options:
         """Flags override the environment; None means 'not given'."""
@@ -67,13 +81,26 @@ class Destination:
     def from_url(url: str, s3: S3Options | None = None) -> Destination:
         if url.startswith("s3://"):
             return S3Destination(url, s3 or S3Options())
+        lock = s3.object_lock if s3 else None
         if "://" in url and not url.startswith("file://"):
             scheme = url.split("://", 1)[0]
             raise DbopsError(
                 f"backup location scheme {scheme!r} is not supported; "
                 "use s3://bucket/prefix or a local directory"
             )
-        return LocalDestination(url.removeprefix("file://"))
+        return LocalDestination(url.removeprefix("file://"), lock)
+
+    def same_place(self, other: Destination) -> bool:
+        """Whether both name the same backups (a copy onto itself would rewrite them)."""
+        return type(self) is type(other) and self.url == other.url
+
+    def locked_until(self, name: str) -> datetime | None:
+        """When an Object Lock retention on `name` ends, if it is still running."""
+        return None
+
+    def lockable(self) -> bool:
+        """Whether objects here can carry an Object Lock (else nothing here is locked)."""
+        return False
 
     def check_writable(self) -> None:
         raise NotImplementedError
@@ -117,11 +144,17 @@ class Destination:
 
 
 class LocalDestination(Destination):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lock: str | None = None) -> None:
         self.root = Path(path).expanduser()
         self.url = str(self.root.resolve())
+        self.lock = lock
 
     def check_writable(self) -> None:
+        if self.lock:
+            raise DbopsError(
+                f"{self.url} is a local directory, which S3 Object Lock cannot protect; "
+                "lock backups in an S3 bucket with Object Lock enabled or drop --object-lock"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -260,6 +293,28 @@ class S3Destination(Destination):
             raise _explain_s3_error(exc, self.bucket) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise _explain_s3_error(exc, self.bucket) from None
+        if self.options.object_lock:
+            require_lock_enabled(self.client, self.bucket)
+
+    def _ensure_locked(self, key: str, args: dict[str, Any]) -> None:
+        """Some S3-compatible stores (moto among them) drop the lock of a multipart upload's
+        CreateMultipartUpload: the completed object gets its retention set explicitly."""
+        if retention_of(self.client.head_object(Bucket=self.bucket, Key=key)) is None:
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=key,
+                Retention={
+                    "Mode": args["ObjectLockMode"],
+                    "RetainUntilDate": args["ObjectLockRetainUntilDate"],
+                },
+            )
+
+    def same_place(self, other: Destination) -> bool:
+        return (
+            isinstance(other, S3Destination)
+            and (self.bucket, self.prefix) == (other.bucket, other.prefix)
+            and self.options.endpoint_url == other.options.endpoint_url
+        )
 
     def _write_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -273,18 +328,20 @@ class S3Destination(Destination):
             from urllib.parse import urlencode
 
             args["Tagging"] = urlencode(self.options.tags)
+        args.update(lock_args(self.options.object_lock, self.options.object_lock_days))
         return args
 
     @contextlib.contextmanager
     def open_write(self, name: str) -> Iterator[IO[bytes]]:
-        writer = MultipartWriter(
-            self.client, self.bucket, self.key(name), self._write_args(), self.schedule
-        )
+        args = self._write_args()
+        writer = MultipartWriter(self.client, self.bucket, self.key(name), args, self.schedule)
         # Completed only when the block ends cleanly; any failure, including one while the
         # last parts upload or the upload completes, aborts it: no object, no parts kept.
         try:
             yield writer  # type: ignore[misc]
             writer.complete()
+            if writer.upload_id is not None and "ObjectLockMode" in args:
+                self._ensure_locked(self.key(name), args)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 writer.abort()
@@ -330,8 +387,42 @@ class S3Destination(Destination):
                 return False
             raise _explain_s3_error(exc, self.bucket) from None
 
+    def lockable(self) -> bool:
+        try:
+            require_lock_enabled(self.client, self.bucket)
+        except DbopsError:
+            return False
+        return True
+
+    def locked_until(self, name: str) -> datetime | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _explain_s3_error(exc, self.bucket) from None
+        return retention_of(head)
+
     def delete(self, name: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+        """Delete the object; a locked one's version itself (a delete marker would only hide
+        a backup that still exists), which S3 refuses while its retention runs."""
+        key = self.key(name)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return
+            raise
+        if not head.get("ObjectLockMode") or not head.get("VersionId"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=head["VersionId"])
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "AccessDenied":
+                until = head.get("ObjectLockRetainUntilDate")
+                raise ObjectLockedError(self.url_for(name), until) from None
+            raise
 
     def incomplete_writes(self) -> list[IncompleteWrite]:
         """Multipart uploads under the prefix that were never completed or aborted."""
@@ -374,6 +465,7 @@ class S3Destination(Destination):
                 Body=data,
                 IfNoneMatch="*",
                 **self._write_args(),
+                **({"ContentMD5": content_md5(data)} if self.options.object_lock else {}),
             )
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.storage.object_lock import content_md5
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 S3_MAX_PARTS = 10_000
@@ -120,8 +122,9 @@ class MultipartWriter(io.RawIOBase):
     def complete(self) -> None:
         """Upload what is left and make the object visible; raises if any part failed."""
         if self.upload_id is None:
+            body = bytes(self._buffer)
             self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), **self.extra_args
+                Bucket=self.bucket, Key=self.key, Body=body, **self.extra_args, **self._md5(body)
             )
             self._buffer = bytearray()
             return
@@ -147,6 +150,10 @@ class MultipartWriter(io.RawIOBase):
 
     # -- internals -----------------------------------------------------------------------
 
+    def _md5(self, body: bytes | bytearray) -> dict[str, str]:
+        """S3 refuses a locked object's data without Content-MD5 (or a checksum)."""
+        return {"ContentMD5": content_md5(body)} if "ObjectLockMode" in self.extra_args else {}
+
     def _send_part(self) -> None:
         if self.upload_id is None:
             created = self.client.create_multipart_upload(
@@ -168,7 +175,12 @@ class MultipartWriter(io.RawIOBase):
 
     def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         response = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+            **self._md5(body),
         )
         # As smart-open and the AWS CLI without a checksum algorithm: the ETag names the part.
         return {"PartNumber": number, "ETag": response["ETag"]}
