@@ -12,6 +12,7 @@ from flows.prune import prune_backups
 from flows.restore import restore_database
 from tasks.backup.manifest import list_manifests
 from tasks.copies.records import COPY_MARK
+from tasks.copies.transfer import copy_backup
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
 from tasks.retention.policy import RetentionPolicy
@@ -61,8 +62,8 @@ def test_copy_to_a_directory_and_a_second_bucket_then_list_shows_both(
                 assert target.read_bytes(name) == source.read_bytes(name)
     assert not any(COPY_MARK in n for n in object_names(copy_dest) | object_names(local_dest))
 
-    again = copy_backups(copy_to=copy_url, backup_url=url, backup_id="latest")
-    assert again.copied == [] and again.already_there == [backups[0].backup_id]
+    again = copy_backup(source, copy_dest, backups[0])  # the same place again: nothing copied
+    assert again.already_there and again.record.destination == copy_dest.url
 
     result = invoke_dbops("list", "--to", url, "--json")
     assert result.exit_code == 0, result.output
@@ -72,11 +73,9 @@ def test_copy_to_a_directory_and_a_second_bucket_then_list_shows_both(
         assert places == {source.url: True, local_dest.url: True, copy_dest.url: True}
 
     # The second bucket's own retention (keep 1) leaves the source untouched; list notices.
-    state = prune_backups(
-        backup_url=copy_url, policy=RetentionPolicy(keep_last=1, min_keep=1), return_state=True
-    )
-    assert state.is_completed(), state.message
-    assert state.result().deleted_backups == [backups[1].backup_id]
+    pruned = invoke_dbops("prune", "--from", copy_url, "--keep-last", "1", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.stdout)["deleted_backups"] == [backups[1].backup_id]
     assert backups[1].manifest_name in object_names(source)
     rows = json.loads(invoke_dbops("list", "--to", url, "--json").stdout)
     present = {
@@ -253,7 +252,6 @@ def test_prune_keeps_locked_backups_and_reports_what_s3_refused(prefect, s3_clie
 
 def test_check_requires_checked_copies_of_the_newest_verified_backup(prefect, tmp_path):
     from flows.check import backup_freshness
-    from tasks.copies.transfer import copy_backup
 
     source = Destination.from_url(str(tmp_path / "src"))
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)

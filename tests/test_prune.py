@@ -349,3 +349,27 @@ def test_a_manifest_naming_objects_outside_its_backup_is_never_acted_on(prefect,
     result = prune_backups(backup_url=url, policy=RetentionPolicy(keep_days=7))
     assert result.deleted_backups == [] and result.deleted_objects == []
     assert {"notes.txt", odd.manifest_name, odd.dump.name} <= object_names(destination)
+
+
+def test_listing_and_inventory_read_past_one_s3_page(bucket, s3_client):
+    """S3 returns 1,000 keys a page: backups listed after 1,000 other objects are all found."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    destination = Destination.from_url(f"s3://{bucket}/many", s3_options_from_env())
+    with ThreadPoolExecutor(8) as pool:  # names sorting before every backup: the first page
+        list(pool.map(lambda i: s3_client.put_object(
+            Bucket=bucket, Key=f"many/0-notes-{i:04}.txt", Body=b"x"), range(1000)))  # fmt: skip
+    start = now() - HOUR
+    made = [
+        make_backup(destination, "ai_saas", start - timedelta(hours=i), verified=i % 2 == 0)
+        for i in range(12)
+    ]
+    assert len(destination.list()) == 1000 + 12 * 3
+    listed = list_manifests(destination, "ai_saas")
+    assert [m.backup_id for m in listed] == [m.backup_id for m in made]  # newest first
+    assert [bool(m.verification and m.verification.ok) for m in listed] == [
+        i % 2 == 0 for i in range(12)
+    ]
+    inventory = take_inventory(destination, "ai_saas")
+    assert [m.backup_id for m in inventory.manifests] == [m.backup_id for m in made]
+    assert len(inventory.ignored) == 1000 and not inventory.unreadable

@@ -258,12 +258,6 @@ def test_header_shaped_lines_inside_bodies_and_literals_are_not_headers(pg, tmp_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found, not fixed: backup/row_counts.py CopyRowCounter takes a COPY line inside a "
-    "function body for a data block, so a plain backup's manifest overcounts that table and "
-    "every restore of it fails its row-count check",
-)
 def test_a_copy_line_inside_a_function_body_is_not_counted_as_rows(pg, tmp_path):
     url = new_database(pg, "copy_in_body")
     psql(

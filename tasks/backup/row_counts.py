@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from tasks.core.postgres import ConnInfo
+from tasks.core.sql_text import scan_quotes
 
 BATCH = 500  # tables counted per snapshot transaction: far below max_locks_per_transaction * 100
 COPY_HEADER = re.compile(rb"^COPY (.+?) (?:\(.*\) )?FROM stdin;\n", re.M)
@@ -97,17 +98,24 @@ class CopyRowCounter:
         self.counts: dict[str, int] = {}
         self._table: str | None = None
         self._carry = b""
+        self._quote: bytes | None = None  # the SQL between blocks is inside a literal or body
 
     def feed(self, chunk: bytes) -> None:
         data = self._carry + chunk
         pos = 0
         while True:
             if self._table is None:
-                found = COPY_HEADER.search(data, pos)
-                if found is None:
-                    last = data.rfind(b"\n", pos)
-                    self._carry = data[last + 1 :] if last >= 0 else data[pos:]
+                # Outside COPY blocks, line by line: a COPY line inside a function body or a
+                # literal (pg_dump's SQL is small there) is text, not a block.
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    self._carry = data[pos:]
                     return
+                found = COPY_HEADER.match(data, pos) if self._quote is None else None
+                if found is None:
+                    self._quote = scan_quotes(data[pos : end + 1], self._quote)
+                    pos = end + 1
+                    continue
                 self._table = _unquote(found.group(1))
                 self.counts[self._table] = 0
                 pos = found.end()

@@ -43,6 +43,7 @@ def choose_backups(
     return [m for m in reversed(manifests) if m.manifest_name not in present]
 
 
+@task(name="check-copy-targets", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def check_targets(backup_url: str | None, s3: S3Options | None, copy_to: list[str]) -> None:
     """One clear line before a backup is taken when a --copy-to target cannot take it."""
     settings = Settings.load(None, backup_url, s3)

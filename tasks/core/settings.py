@@ -99,9 +99,9 @@ class Settings(BaseModel):
 
         return ConnInfo.parse(self.require_database_url())
 
-    def destination(self, url: str | None = None) -> Destination:
-        """Where backups are (BACKUP_URL), or another place of them (`url`: a copy's)."""
-        return Destination.from_url(resolve_secret(url) or self.backup_url, self.s3)
+    def destination(self) -> Destination:
+        """Where backups are: S3 or a local directory."""
+        return Destination.from_url(self.backup_url, self.s3)
 
     def scratch_server(self) -> ConnInfo:
         """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""

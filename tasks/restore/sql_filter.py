@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from tasks.core.errors import ParameterError
+from tasks.core.sql_text import scan_quotes
 
 _IDENT = rb'(?:"(?:[^"]|"")+"|[^\s."(]+)'
 _QUALIFIED = rb"(" + _IDENT + rb")\.(" + _IDENT + rb")"
@@ -36,41 +37,12 @@ FOREIGN_KEY = re.compile(
     re.M | re.S,
 )
 TERMINATOR = b"\\.\n"
-# What opens a literal, a quoted identifier, a dollar-quoted body or a comment in DDL.
-_OPENING = re.compile(rb"--|/\*|'|\"|\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$")
-_IDENT_CHAR = re.compile(rb"[A-Za-z0-9_$\x80-\xff]")
 # Sections a table restore never needs: large objects, and refreshes of materialized views
 # over tables that are mostly empty in the scratch database.
 DROPPED_TYPES = {b"BLOB", b"BLOB METADATA", b"BLOBS", b"LARGE OBJECT", b"MATERIALIZED VIEW DATA"}
 DATA_TYPES = {b"TABLE DATA", b"BLOBS", b"MATERIALIZED VIEW DATA", b"SEQUENCE SET"}
 
 Table = tuple[str, str]
-
-
-def scan_quotes(line: bytes, quote: bytes | None) -> bytes | None:
-    """The quote still open at the end of `line` (b"'", b'"', a dollar tag, b"*/"), or None.
-
-    pg_dump writes standard_conforming_strings = on, so '...' has no backslash escapes.
-    """
-    pos = 0
-    while True:
-        if quote is None:
-            found = _OPENING.search(line, pos)
-            if found is None or found.group() == b"--":
-                return None
-            start, token = found.start(), found.group()
-            if token.startswith(b"$") and start and _IDENT_CHAR.match(line, start - 1):
-                pos = start + 1  # a $ inside an identifier such as a$b$
-                continue
-            quote, pos = (b"*/" if token == b"/*" else token), found.end()
-            continue
-        end = line.find(quote, pos)
-        if end < 0:
-            return quote
-        if quote in (b"'", b'"') and line[end + 1 : end + 2] == quote:
-            pos = end + 2  # a doubled quote inside
-            continue
-        quote, pos = None, end + len(quote)
 
 
 def unquote(ident: bytes) -> str:

@@ -28,6 +28,7 @@ from tasks.backup.manifest import (
     backup_id_of,
     database_of_id,
     encode_database,
+    read_concurrently,
     read_manifest,
     read_verification,
 )
@@ -76,9 +77,11 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         inventory.unreadable.append(name)
         protected.add(backup_id_of(name))
 
-    for name in sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX)):
-        manifest = _read(read_manifest, destination, name, protect)
-        if manifest is None:
+    manifest_names = sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX))
+    loaded = read_concurrently(lambda n: read_manifest(destination, n), manifest_names)
+    for name, manifest in loaded.items():
+        if isinstance(manifest, ManifestError):
+            protect(name)
             continue
         own = backup_object_names(manifest, objects)
         if not all(backup_id_of(n) == manifest.backup_id for n in own):
@@ -90,10 +93,18 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         if manifest.dump.name not in objects:
             inventory.leftovers.extend(n for n in own if n in objects)
             continue
-        sidecar = manifest.backup_id + VERIFIED_SUFFIX
-        if sidecar in objects:
-            manifest.verification = read_verification(destination, sidecar, strict=True)
         inventory.manifests.append(manifest)
+    sidecars = [m.backup_id + VERIFIED_SUFFIX for m in inventory.manifests]
+    records = read_concurrently(
+        lambda n: read_verification(destination, n, strict=True),
+        [n for n in sidecars if n in objects],
+    )
+    for manifest, sidecar in zip(inventory.manifests, sidecars, strict=True):
+        record = records.get(sidecar)
+        if isinstance(record, ManifestError):
+            raise record  # fails closed: nothing is deleted beside an unreadable record
+        if sidecar in records:
+            manifest.verification = record
     for name in sorted(n for n in objects if n.endswith(CLAIM_SUFFIX) and n not in named):
         if backup_id_of(name) in protected or not _mine(name, database):
             continue

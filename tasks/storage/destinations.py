@@ -26,6 +26,7 @@ from tasks.core.errors import DbopsError, TransientError
 from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
 from tasks.storage.object_lock import (
     LockMode,
+    LockUnknownError,
     ObjectLockedError,
     content_md5,
     lock_args,
@@ -390,6 +391,8 @@ class S3Destination(Destination):
     def lockable(self) -> bool:
         try:
             require_lock_enabled(self.client, self.bucket)
+        except LockUnknownError:
+            return True  # cannot tell: each object's own retention is asked instead
         except DbopsError:
             return False
         return True

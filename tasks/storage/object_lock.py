@@ -30,6 +30,10 @@ class ObjectLockedError(DbopsError):
         self.until = until
 
 
+class LockUnknownError(DbopsError):
+    """Whether the bucket can lock objects could not be read (permissions, the store)."""
+
+
 def check_lock_request(mode: str | None, days: int | None) -> None:
     """Both or neither: a mode without days (or days without a mode) locks nothing useful."""
     if mode is not None and mode not in ("governance", "compliance"):
@@ -63,7 +67,10 @@ def require_lock_enabled(client: Any, bucket: str) -> None:
     except botocore.exceptions.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code not in ("ObjectLockConfigurationNotFoundError", "NotImplemented"):
-            raise
+            raise LockUnknownError(
+                f"cannot read the Object Lock configuration of S3 bucket {bucket!r} ({code}); "
+                "grant s3:GetBucketObjectLockConfiguration to the backup credentials"
+            ) from None
         enabled = False
     if not enabled:
         raise DbopsError(
