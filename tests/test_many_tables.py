@@ -52,3 +52,32 @@ def test_three_thousand_tables_back_up_restore_and_verify(prefect, pg, tmp_path)
     )  # fmt: skip
     assert verified.is_completed(), verified.message
     assert verified.result().ok and verified.result().tables == TABLES
+
+
+def test_a_full_lock_table_names_the_setting_to_raise_and_stores_nothing(
+    prefect, session_dir, passfile, tmp_path
+):
+    """Past the server's lock table pg_dump itself fails (as the guide's would): the one line
+    says which setting to raise and to what, and no object is left behind."""
+    from tasks.demo.embedded import LocalCluster
+
+    small = LocalCluster(
+        session_dir / "pg-few-locks", passfile=passfile,
+        settings=("max_locks_per_transaction=10", "max_connections=20"),
+    )  # fmt: skip
+    with small:
+        url = small.url("postgres", password="")
+        with ConnInfo.parse(url).connect() as conn:
+            for start in range(0, 2000, 500):
+                conn.execute(
+                    f"DO $$ BEGIN FOR i IN {start}..{start + 499} LOOP "
+                    "EXECUTE format('CREATE TABLE t_%s (id int)', i); END LOOP; END $$"
+                )
+        backups = tmp_path / "backups"
+        state = backup_database(database_url=url, backup_url=str(backups), return_state=True)
+        assert state.is_failed()
+        message = str(state.message)
+        assert "set max_locks_per_transaction = " in message, message
+        advised = int(message.split("set max_locks_per_transaction = ")[1].split()[0])
+        assert advised * 20 >= 2000 and "no backup was stored" in message
+        assert not backups.exists() or not any(backups.iterdir())

@@ -28,7 +28,7 @@ from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manif
 from tasks.backup.row_counts import CopyRowCounter, count_in_snapshot, user_tables
 from tasks.core.children import spawn
 from tasks.core.client_tools import ClientTool, find_client_tool
-from tasks.core.errors import DbopsError, first_line
+from tasks.core.errors import DbopsError, LockTableFullError, first_line
 from tasks.core.postgres import ConnInfo, server_version
 from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
@@ -156,6 +156,10 @@ def stream_command_to(
                 writer.finish()
             code = process.wait()
             closing = time.perf_counter()
+            if code != 0 and any("max_locks_per_transaction" in line for line in tail.lines):
+                raise LockTableFullError(
+                    f"{tool} failed ({tail.last(secret)}); no backup was stored"
+                )
             if code != 0:
                 reason = tail.last(secret) or (
                     f"killed by signal {-code}" if code < 0 else f"exit status {code}"
@@ -169,6 +173,34 @@ def stream_command_to(
             process.wait()
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def lock_table_advice(conn: psycopg.Connection) -> LockTableFullError:
+    """pg_dump locks every table it dumps in one transaction: say what to raise, and to what.
+
+    The shared lock table holds about max_locks_per_transaction x (max_connections +
+    max_prepared_transactions) locks (a little more in practice: spare shared memory)."""
+    row = conn.execute(
+        """
+        SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p', 'm', 'f', 'v', 'S')
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                  AND n.nspname NOT LIKE 'pg\\_toast%'),
+               current_setting('max_locks_per_transaction')::int,
+               current_setting('max_connections')::int
+                 + current_setting('max_prepared_transactions')::int
+        """
+    ).fetchone()
+    assert row is not None
+    relations, per_transaction, slots = int(row[0]), int(row[1]), int(row[2])
+    needed = -(-relations * 5 // 4 // slots)  # room for 25% growth, rounded up
+    needed = max(needed, per_transaction * 2)
+    return LockTableFullError(
+        f"pg_dump needs a lock on each of the {relations:,} relations and the server's lock "
+        f"table is full (max_locks_per_transaction = {per_transaction}, "
+        f"{slots} connection slots); set max_locks_per_transaction = {needed} in "
+        "postgresql.conf and restart the server; no backup was stored"
+    )
 
 
 def referenced_roles(conn: psycopg.Connection) -> list[str]:
@@ -257,17 +289,20 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
             if request.include_globals:
                 globals_info = _dump_globals(request, major, backup_id, written)
             dump_name = backup_id + suffix
-            stats = stream_command_to(
-                command,
-                info.child_env(),
-                request.destination,
-                dump_name,
-                stream_compression,
-                request.level,
-                info.password,
-                progress,
-                stream_counter.feed if stream_counter else None,
-            )
+            try:
+                stats = stream_command_to(
+                    command,
+                    info.child_env(),
+                    request.destination,
+                    dump_name,
+                    stream_compression,
+                    request.level,
+                    info.password,
+                    progress,
+                    stream_counter.feed if stream_counter else None,
+                )
+            except LockTableFullError:
+                raise lock_table_advice(snapshot_conn) from None
             written.append(dump_name)
             if stream_counter is not None:
                 counted = stream_counter.counts

@@ -61,6 +61,10 @@ class SurroundingsError(DbopsError):
     """
 
 
+class LockTableFullError(SurroundingsError):
+    """The server's shared lock table is full (`max_locks_per_transaction` is too low)."""
+
+
 class BackupCheck(StrEnum):
     """Which of a backup's own checks failed."""
 

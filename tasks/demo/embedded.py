@@ -79,6 +79,7 @@ class LocalCluster:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     port: int = field(default_factory=free_port)
     preload: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()  # extra `name=value` server settings
     user: str = "postgres"
     passfile: Path | None = None
 
@@ -159,6 +160,7 @@ class LocalCluster:
             "-c unix_socket_directories=''",
             "-c fsync=off",
             "-c max_connections=100",
+            *(f"-c {setting}" for setting in self.settings),
         ]
         if self.preload:
             options.append(f"-c shared_preload_libraries={','.join(self.preload)}")
