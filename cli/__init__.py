@@ -10,9 +10,13 @@ when the flow run Completed.
 # isort: off
 from cli import backup, copies, restore, retention, migrations  # noqa: F401
 from cli import maintenance, health, security, demo, deployments  # noqa: F401
+from cli import metrics, terminal  # noqa: F401  (terminal: --version, --verbose)
 
 # isort: on
 from cli.app import app
+from cli.preflight import install
+
+install(app)  # bad input is refused before a command imports Prefect
 
 __all__ = ["app", "main"]
 

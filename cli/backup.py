@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -23,6 +24,7 @@ from cli.app import (
     use_database_url,
 )
 from tasks.core.errors import DbopsError
+from tasks.core.parameters import PingUrl, describe
 
 
 @app.command()
@@ -52,12 +54,15 @@ def backup(
     object_lock: ObjectLockOption = None,
     object_lock_days: ObjectLockDaysOption = None,
     retries: Retries = 0,
+    ping_url: Annotated[str | None, typer.Option(help=describe(PingUrl))] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up a database: pg_dump | compress | checksum | upload, then a manifest."""
     from flows.backup import backup_database
 
     use_database_url(database_url)
+    if ping_url:  # like the database URL: in the environment, not stored with the run
+        os.environ["DBOPS_PING_URL"] = ping_url
     try:
         s3 = s3_options(endpoint_url, sse, sse_kms_key_id, storage_class, tag)
     except DbopsError as exc:

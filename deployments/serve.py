@@ -10,9 +10,14 @@ from typing import Any
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events import DeploymentTriggerTypes
 from prefect.schedules import Cron, Interval, RRule
+from pydantic import TypeAdapter
 
 from deployments.specs import DeploymentSpec, load_specs
+
+# prefect.yaml's `triggers:` entries, read as `prefect deploy` reads them.
+TRIGGER: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
 
 
 def _schedule(entry: dict[str, Any]) -> Any:
@@ -36,6 +41,7 @@ def to_runner_deployment(spec: DeploymentSpec) -> Any:
         tags=spec.tags,
         concurrency_limit=limit,
         enforce_parameter_schema=spec.enforce_parameter_schema,
+        triggers=[TRIGGER.validate_python(trigger) for trigger in spec.triggers] or None,
     )
 
 

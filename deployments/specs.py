@@ -32,6 +32,7 @@ class DeploymentSpec:
     concurrency_limit: dict[str, Any] | int | None = None
     enforce_parameter_schema: bool = True
     job_env: dict[str, str] = field(default_factory=dict)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def full_name(self) -> str:
@@ -62,6 +63,7 @@ def load_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
             concurrency_limit=entry.get("concurrency_limit"),
             enforce_parameter_schema=entry.get("enforce_parameter_schema", True),
             job_env=((entry.get("work_pool") or {}).get("job_variables") or {}).get("env") or {},
+            triggers=entry.get("triggers") or [],
         )
         spec.flow_name = spec.load_flow().name
         specs.append(spec)

@@ -13,12 +13,20 @@ from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
 from tasks.copies.tasks import check_targets, copy_to_destination
 from tasks.core.errors import DbopsError, ParameterError
-from tasks.core.parameters import DatabaseUrl, ObjectLock, ObjectLockDays, SlotWait, documented
+from tasks.core.parameters import (
+    DatabaseUrl,
+    ObjectLock,
+    ObjectLockDays,
+    PingUrl,
+    SlotWait,
+    documented,
+)
 from tasks.core.settings import reject_inline_password, s3_with_lock
+from tasks.operations.outcomes import backup_completed, outcome_hooks
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="backup-database")
+@flow(name="backup-database", **outcome_hooks("backup"))
 @documented
 def backup_database(
     database_url: DatabaseUrl = None,
@@ -44,6 +52,7 @@ def backup_database(
     ] = None,
     object_lock: ObjectLock = None,
     object_lock_days: ObjectLockDays = None,
+    ping_url: PingUrl = None,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
@@ -66,6 +75,7 @@ def backup_database(
         include_globals,
         slot_wait_seconds,
     )
+    backup_completed(manifest, backup_url, s3)
     if copy_to:
         copy_after_backup(manifest, backup_url, s3, copy_to, retries)
     return manifest

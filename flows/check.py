@@ -13,12 +13,13 @@ from tasks.copies.locations import require_copies
 from tasks.copies.tasks import find_copies
 from tasks.core.errors import DbopsError, NotFoundError
 from tasks.core.parameters import BackupUrl, Retries, S3Parameter, documented
+from tasks.operations.outcomes import outcome_hooks
 from tasks.retention.freshness import FreshnessReport, assess_freshness, check_limits
 from tasks.retention.report import publish_freshness
 from tasks.retention.tasks import list_backups
 
 
-@flow(name="backup-freshness")
+@flow(name="backup-freshness", **outcome_hooks("freshness", "stale"))
 @documented
 def backup_freshness(
     backup_url: BackupUrl = None,

@@ -15,10 +15,11 @@ from pydantic import Field
 
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import outcome_hooks
 from tasks.restore.tasks import LeftoverDatabases, clean_up_leftovers
 
 
-@flow(name="clean-up-databases")
+@flow(name="clean-up-databases", **outcome_hooks("cleanup"))
 @documented
 def clean_up_databases(
     database_url: DatabaseUrl = None,

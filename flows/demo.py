@@ -15,11 +15,12 @@ from flows.restore import restore_database
 from tasks.core.parameters import documented
 from tasks.demo.embedded import LocalCluster
 from tasks.demo.tasks import DemoSummary, compare_row_counts, create_demo_database
+from tasks.operations.outcomes import outcome_hooks
 
 DEMO_DATABASE = "ai_saas"
 
 
-@flow(name="dbops-demo")
+@flow(name="dbops-demo", **outcome_hooks("demo"))
 @documented
 def demo(
     workdir: Annotated[

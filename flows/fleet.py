@@ -20,9 +20,10 @@ from tasks.backup.report import publish_fleet_report
 from tasks.backup.tasks import backup_one
 from tasks.core.errors import DbopsError
 from tasks.core.parameters import documented
+from tasks.operations.outcomes import outcome_hooks
 
 
-@flow(name="backup-fleet")
+@flow(name="backup-fleet", **outcome_hooks("fleet"))
 @documented
 def backup_fleet(
     databases: Annotated[

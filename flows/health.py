@@ -13,16 +13,16 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from tasks.core.notify import FAILURE_HOOKS
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
 from tasks.health.checks import CHECKS, select_checks
 from tasks.health.model import HealthStatus, HealthThresholds
 from tasks.health.report import publish_report
 from tasks.health.tasks import health_checks
+from tasks.operations.outcomes import outcome_hooks
 
 
-@flow(name="health-report", **FAILURE_HOOKS)
+@flow(name="health-report", **outcome_hooks("health"))
 @documented
 def health_report(
     database_url: DatabaseUrl = None,

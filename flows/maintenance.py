@@ -14,7 +14,6 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 from pydantic import Field
 
-from tasks.core.notify import FAILURE_HOOKS
 from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.maintenance.outcome import RunLimits
@@ -22,6 +21,7 @@ from tasks.maintenance.reindex import index_plan_rows
 from tasks.maintenance.report import ended, maintenance_report
 from tasks.maintenance.tasks import maintain_tables, plan_reindex, reindex_indexes
 from tasks.maintenance.vacuum import Mode, TableJob, VacuumThresholds
+from tasks.operations.outcomes import outcome_hooks
 
 TimeBudget = Annotated[
     float | None,
@@ -45,7 +45,7 @@ FULL_WARNING = (
 )
 
 
-@flow(name="vacuum-analyze", **FAILURE_HOOKS)
+@flow(name="vacuum-analyze", **outcome_hooks("vacuum"))
 @documented
 def vacuum_analyze(
     database_url: DatabaseUrl = None,
@@ -80,7 +80,7 @@ def vacuum_analyze(
     return ended(report)
 
 
-@flow(name="analyze", **FAILURE_HOOKS)
+@flow(name="analyze", **outcome_hooks("analyze"))
 @documented
 def analyze(
     database_url: DatabaseUrl = None,
@@ -109,7 +109,7 @@ def analyze(
     return ended(maintain_tables(database_url, job, limits, dry_run, retries))
 
 
-@flow(name="reindex", **FAILURE_HOOKS)
+@flow(name="reindex", **outcome_hooks("reindex"))
 @documented
 def reindex(
     database_url: DatabaseUrl = None,

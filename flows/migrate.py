@@ -25,7 +25,7 @@ from prefect.states import Cancelled, State
 from pydantic import Field
 
 from tasks.application.commands import AppHooksParameter, ApplicationHooks
-from tasks.application.hooks import APPLICATION_HOOKS
+from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
@@ -45,12 +45,16 @@ from tasks.migrations.tasks import (
     restore_pre_migration_backup,
     verify_schema,
 )
+from tasks.operations.outcomes import migration_finished, outcome_hooks
 from tasks.storage.destinations import S3Options
 
 Interrupted = (TerminationSignal, KeyboardInterrupt)  # a cancel's SIGTERM, Ctrl-C
 
 
-@flow(name="migrate-database", **APPLICATION_HOOKS)
+@flow(
+    name="migrate-database",
+    **merged(APPLICATION_HOOKS, outcome_hooks("migration", notify=False)),
+)
 @documented
 def migrate_database(
     database_url: DatabaseUrl = None,
@@ -249,6 +253,7 @@ def migrate_database(
         return Cancelled(message=ending_message(end))
     summary.seconds = round(time.perf_counter() - started, 3)
     publish_report(summary)
+    migration_finished(summary, database_url)
     logger.info("Migration of %s applied and verified", plan.database)
     return summary
 
@@ -294,4 +299,5 @@ def _settle(
     summary.status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
     summary.database_state, summary.error = end.state, ending_message(end)
     publish_report(summary)
+    migration_finished(summary, database_url)
     return end

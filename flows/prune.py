@@ -17,6 +17,7 @@ from pydantic import Field
 from tasks.core.errors import DbopsError
 from tasks.core.parameters import BackupUrl, Retries, S3Parameter, documented
 from tasks.core.settings import Settings
+from tasks.operations.outcomes import outcome_hooks, prune_finished
 from tasks.retention.inventory import PruneResult
 from tasks.retention.plan import BackupInfo, RetentionPlan, plan_retention
 from tasks.retention.policy import MIN_ABANDON_HOURS, RetentionPolicy, check_abandon_hours
@@ -31,7 +32,7 @@ class PruneReport(RetentionPlan, PruneResult):
     dry_run: bool
 
 
-@flow(name="prune-backups")
+@flow(name="prune-backups", **outcome_hooks("prune"))
 @documented
 def prune_backups(
     backup_url: BackupUrl = None,
@@ -88,4 +89,6 @@ def prune_backups(
             f"prune refused, nothing deleted: {plan.refused}"
             + (f" (cleaned {cleaned} objects of unfinished writes)" if cleaned else "")
         )
-    return report.model_copy(update=dict(result))
+    report = report.model_copy(update=dict(result))
+    prune_finished(report)
+    return report

@@ -18,9 +18,10 @@ from tasks.core.parameters import DatabaseUrl, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.reset import ResetResult
 from tasks.migrations.tasks import drop_and_recreate
+from tasks.operations.outcomes import outcome_hooks
 
 
-@flow(name="reset-database")
+@flow(name="reset-database", **outcome_hooks("reset"))
 @documented
 def reset_database_flow(
     database_url: DatabaseUrl = None,

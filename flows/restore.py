@@ -8,16 +8,17 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.application.commands import AppHooksParameter
-from tasks.application.hooks import APPLICATION_HOOKS
+from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.core.parameters import FromServer, SlotWait, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import outcome_hooks, restore_completed
 from tasks.restore.report import publish_restore_report
 from tasks.restore.restore import RestoreResult
 from tasks.restore.tasks import restore_backup
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="restore-database", **APPLICATION_HOOKS)
+@flow(name="restore-database", **merged(APPLICATION_HOOKS, outcome_hooks("restore", notify=False)))
 @documented
 def restore_database(
     source: Annotated[
@@ -59,4 +60,5 @@ def restore_database(
         application,
     )
     publish_restore_report(result)
+    restore_completed(result, database_url)
     return result

@@ -16,9 +16,9 @@ from tasks.application.commands import ApplicationHooks
 from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.application.tasks import restart_application
 from tasks.core.errors import ParameterError
-from tasks.core.notify import FAILURE_HOOKS
 from tasks.core.parameters import DatabaseUrl, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import outcome_hooks
 from tasks.security.blocking import TerminationReport
 from tasks.security.report import publish_readonly, publish_rotation, publish_termination
 from tasks.security.roles import SecretFormat
@@ -36,7 +36,7 @@ StoredAs = Annotated[
 ]
 
 
-@flow(name="create-readonly-user", **FAILURE_HOOKS)
+@flow(name="create-readonly-user", **outcome_hooks("readonly-user"))
 @documented
 def create_readonly_user(
     role: Annotated[str, Field(description="name of the read-only role (any characters)")],
@@ -78,7 +78,7 @@ def create_readonly_user(
     return Completed(message=f"role {role!r} is read-only", data=result)
 
 
-@flow(name="rotate-password", **merged(FAILURE_HOOKS, APPLICATION_HOOKS))
+@flow(name="rotate-password", **merged(APPLICATION_HOOKS, outcome_hooks("password-rotation")))
 @documented
 def rotate_password(
     role: Annotated[str, Field(description="role whose password to rotate")],
@@ -125,7 +125,7 @@ def rotate_password(
     return result
 
 
-@flow(name="terminate-blocking", **FAILURE_HOOKS)
+@flow(name="terminate-blocking", **outcome_hooks("terminate-blocking"))
 @documented
 def terminate_blocking(
     database_url: DatabaseUrl = None,

@@ -15,13 +15,14 @@ from pydantic import Field
 from tasks.core.errors import BackupCheck, BackupFaultError
 from tasks.core.parameters import DatabaseUrl, FromServer, documented
 from tasks.core.settings import reject_inline_password
+from tasks.operations.outcomes import outcome_hooks, verify_finished
 from tasks.restore.report import publish_verification_report
 from tasks.restore.restore_test import VerificationRecord
 from tasks.restore.tasks import record_verification, restore_test
 from tasks.storage.destinations import S3Options
 
 
-@flow(name="verify-backup")
+@flow(name="verify-backup", **outcome_hooks("verify", "errored"))
 @documented
 def verify_backup(
     source: Annotated[
@@ -69,6 +70,7 @@ def verify_backup(
     if record.backup_id is not None:
         record.recorded_at = record_verification(record, location, s3)
     publish_verification_report(record)
+    verify_finished(record)
     if not record.ok:
         raise BackupFaultError(
             f"backup {record.backup_id or record.dump_url} FAILED verification: {record.detail}",

@@ -18,6 +18,8 @@ from psycopg import sql
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# Events reach the API within a second (default: written every 5 s); tests read them back.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
 
 from tasks.core.postgres import ConnInfo  # noqa: E402
 from tasks.demo.embedded import LocalCluster, free_port  # noqa: E402

@@ -66,3 +66,26 @@ def records_text(run_ids: Iterable[UUID]) -> str:
     records += [log.message for log in logs]
     records += [(a.key, a.description, a.data) for a in artifacts]
     return json.dumps(records, default=str, ensure_ascii=False)
+
+
+def events_about(resource_id: str, wait_for: set[str] = frozenset(), timeout: float = 30) -> list:
+    """The `dbops.*` events the API stored about one resource, oldest first.
+
+    The server writes events in batches: wait until every name in `wait_for` is there.
+    """
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        event_filter = EventFilter(  # its time window ends now: build it anew each time
+            event=EventNameFilter(prefix=["dbops."]),
+            resource=EventResourceFilter(id=[resource_id]),
+        )
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events
+        if {e.event for e in events} >= set(wait_for) or time.monotonic() > deadline:
+            return sorted(events, key=lambda e: e.occurred)
+        time.sleep(0.5)

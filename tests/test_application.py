@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,20 @@ def backup_of(url: str, where: Path):
     return state.result()
 
 
+@pytest.fixture(scope="module")
+def backed_up(prefect_api, pg, tmp_path_factory) -> tuple[str, Path, object]:
+    """One application database and one backup of it for the module: every test restores it
+    (with --clean) into the same database. Its app_writes rows are pid 1's."""
+    url = app_database(pg)
+    with psycopg.connect(**ConnInfo.parse(url).params) as conn:
+        conn.execute(
+            "INSERT INTO app_writes (pid, db_oid) SELECT 1, d.oid "
+            "FROM pg_database d, generate_series(1, 5) WHERE d.datname = current_database()"
+        )
+    where = tmp_path_factory.mktemp("backups")
+    return url, where, backup_of(url, where)
+
+
 def restore(url: str, where: Path, source: str, **application: object):
     return restore_database(
         source=source,
@@ -129,17 +144,16 @@ def restore(url: str, where: Path, source: str, **application: object):
     )
 
 
-def test_no_write_reaches_the_database_between_stop_and_swap(prefect, pg, tmp_path, app):
-    url = app_database(pg)
-    old_pid = app.start("--url", url)
-    app.wait_writes(old_pid)
-    manifest = backup_of(url, tmp_path)
+def test_no_write_reaches_the_database_between_stop_and_swap(prefect, backed_up, app):
+    url, where, manifest = backed_up
     in_backup = manifest.row_counts["public.app_writes"]
+    assert in_backup == 5
+    old_pid = app.start("--url", url)
     app.wait_writes(old_pid)  # writes after the backup: a restore loses them either way
     oid0 = oid_of(url)
 
     # Without hooks, the harm: the running application writes into the restored database.
-    state = restore(url, tmp_path, manifest.backup_id)
+    state = restore(url, where, manifest.backup_id)
     assert state.is_completed(), state.message
     oid1 = oid_of(url)
     app.wait_writes(old_pid)
@@ -149,7 +163,7 @@ def test_no_write_reaches_the_database_between_stop_and_swap(prefect, pg, tmp_pa
     # With them: stopped for the swap, started again after it.
     state = restore(
         url,
-        tmp_path,
+        where,
         manifest.backup_id,
         stop_app=app.stop_cmd(),
         start_app=app.start_cmd("--url", url),
@@ -161,7 +175,9 @@ def test_no_write_reaches_the_database_between_stop_and_swap(prefect, pg, tmp_pa
     report = state.result().application
     assert report.stopped_by == "command" and report.stop_at == "swap" and report.started
     assert 0 < report.downtime_seconds < 30
-    [artifact] = flow_run_artifacts(state.state_details.flow_run_id)
+    [artifact] = [
+        a for a in flow_run_artifacts(state.state_details.flow_run_id) if a.type == "table"
+    ]  # beside the progress artifact
     shown = {row["item"]: row["value"] for row in json.loads(artifact.data)}
     assert shown["application downtime_seconds"] == str(report.downtime_seconds)
     # The old process never reached the database swapped in, the new one only that one: it
@@ -173,18 +189,19 @@ def test_no_write_reaches_the_database_between_stop_and_swap(prefect, pg, tmp_pa
     assert last_old < min(t for pid, _, t in journal if pid == new_pid)
     # The restored database: the backup's rows, then the new process's only.
     restored = query(url, "SELECT pid, db_oid FROM app_writes")
-    assert sum(1 for pid, _ in restored if pid == old_pid) == in_backup
-    assert {pid for pid, _ in restored} == {old_pid, new_pid}
+    assert sum(1 for pid, _ in restored if pid == 1) == in_backup
+    assert {pid for pid, _ in restored} == {1, new_pid}
     assert all(oid == oid2 for pid, oid in restored if pid == new_pid)
 
 
-def test_a_failed_restore_leaves_the_application_running(prefect, pg, tmp_path, app):
-    url = app_database(pg)
+def test_a_failed_restore_leaves_the_application_running(prefect, backed_up, tmp_path, app):
+    url, backups, manifest = backed_up
+    where = tmp_path / "backups"
+    shutil.copytree(backups, where)  # a copy to damage
     old_pid = app.start("--url", url)
-    manifest = backup_of(url, tmp_path)
     with psycopg.connect(**ConnInfo.parse(url).params) as conn:
         conn.execute("INSERT INTO keep VALUES (1000, 'after the backup')")
-    dump = tmp_path / manifest.dump.name
+    dump = where / manifest.dump.name
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0xFF
     dump.write_bytes(bytes(data))
@@ -194,7 +211,7 @@ def test_a_failed_restore_leaves_the_application_running(prefect, pg, tmp_path, 
     def attempt(stop_app_at: str, *stop_flags: str):
         state = restore(
             url,
-            tmp_path,
+            where,
             manifest.backup_id,
             stop_app=app.stop_cmd(*stop_flags),
             start_app=app.start_cmd("--url", url),
@@ -224,11 +241,11 @@ def test_a_failed_restore_leaves_the_application_running(prefect, pg, tmp_path, 
     assert app.pid() == running
 
 
-def test_sigterm_during_the_restore_starts_the_application_again(prefect, pg, tmp_path, app):
+def test_sigterm_during_the_restore_starts_the_application_again(prefect, backed_up, tmp_path, app):
     """SIGTERM is what a worker's cancellation sends the flow's process."""
     import gzip
 
-    url = app_database(pg)
+    url = backed_up[0]
     old_pid = app.start("--url", url)
     dump = tmp_path / "slow.sql.gz"
     dump.write_bytes(gzip.compress(b"CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n"))
@@ -267,21 +284,20 @@ def test_sigterm_during_the_restore_starts_the_application_again(prefect, pg, tm
     assert oid_of(url) == old_oid and keep_rows(url) == before
 
 
-def test_a_start_that_keeps_failing_fails_the_run_loudly(prefect, pg, tmp_path, app, monkeypatch):
+def test_a_start_that_keeps_failing_fails_the_run_loudly(prefect, backed_up, app, monkeypatch):
     from prefect.client.orchestration import get_client
 
     from tests.test_health import WebhookServer
 
-    url = app_database(pg)
+    url, where, manifest = backed_up
     app.start("--url", url)
-    manifest = backup_of(url, tmp_path)
     old_oid = oid_of(url)
     webhook = WebhookServer()
     with webhook.running() as hook_url:
         monkeypatch.setenv("DBOPS_WEBHOOK_URL", hook_url)
         state = restore(
             url,
-            tmp_path,
+            where,
             manifest.backup_id,
             stop_app=app.stop_cmd(),
             start_app=app.start_cmd("--fail"),
@@ -292,6 +308,8 @@ def test_a_start_that_keeps_failing_fails_the_run_loudly(prefect, pg, tmp_path, 
     assert "the database was restored, but THE APPLICATION IS NOT RUNNING" in state.message
     assert "failed 2 times" in state.message and "image not found" in state.message
     assert oid_of(url) != old_oid and not app.running()
+    scratch = url.rsplit("/", 1)[-1] + "__dbops_%"  # the old copy is dropped all the same
+    assert query(url, "SELECT datname FROM pg_database WHERE datname LIKE %s", scratch) == []
     [body] = webhook.bodies
     assert "THE APPLICATION IS NOT RUNNING" in body["text"]
     with get_client(sync_client=True) as client:
@@ -317,18 +335,17 @@ def paused_run(name: str, timeout: float = 60):
     return found[0]
 
 
-def test_confirmation_from_the_ui_pauses_before_the_swap(prefect, pg, tmp_path, app):
+def test_confirmation_from_the_ui_pauses_before_the_swap(prefect, backed_up, app):
     from prefect.flow_runs import resume_flow_run
 
-    url = app_database(pg)
+    url, where, manifest = backed_up
     old_pid = app.start("--url", url)
-    manifest = backup_of(url, tmp_path)
     old_oid = oid_of(url)
     scratch = url.rsplit("/", 1)[-1] + "__dbops_%"
 
     # Nobody answers: the run fails and nothing changes.
     state = restore(
-        url, tmp_path, manifest.backup_id, confirm_app_stopped=True, confirm_timeout_seconds=1
+        url, where, manifest.backup_id, confirm_app_stopped=True, confirm_timeout_seconds=1
     )
     assert state.is_failed()  # by the server when the pause expires first, else by dbops
     logs = flow_run_logs(state.state_details.flow_run_id)
@@ -347,7 +364,7 @@ def test_confirmation_from_the_ui_pauses_before_the_swap(prefect, pg, tmp_path, 
             state=flow(
                 source=manifest.backup_id,
                 database_url=url,
-                backup_url=str(tmp_path),
+                backup_url=str(where),
                 clean=True,
                 retries=0,
                 application={"confirm_app_stopped": True},
@@ -470,7 +487,9 @@ def test_the_workers_hook_starts_an_application_a_killed_run_left_down(prefect, 
         assert client.read_flow_run(runs["stopped"].id).labels["dbops.application"] == "started"
 
 
-def test_bad_application_parameters_are_refused_before_anything(prefect, pg, tmp_path, monkeypatch):
+def test_bad_application_parameters_are_refused_before_anything(
+    prefect, pg, backed_up, tmp_path, monkeypatch
+):
     from tasks.application.commands import ApplicationHooks
     from tasks.core.errors import ParameterError
 
@@ -491,7 +510,7 @@ def test_bad_application_parameters_are_refused_before_anything(prefect, pg, tmp
         ApplicationHooks(stop_app="a").check_restart()
     # Through the flow, with the target's own password (known only inside the task) on the
     # stop command line: refused before anything, and not repeated.
-    url = app_database(pg)
+    url = backed_up[0]
     name = url.rsplit("/", 1)[-1]
     password = ConnInfo.parse(pg.url(name)).password
     assert password

@@ -43,7 +43,17 @@ def deployed(s3_server, prefect_server: PrefectServer, pg):  # noqa: F811
         Secret(value=pg.url(url.rsplit("/", 1)[-1])).save("dbops-database-url", overwrite=True)
     result = prefect_server.cli("--no-prompt", "deploy", "--all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    enable_automations(prefect_server, False)  # each test enables what it exercises
     return prefect_server
+
+
+def enable_automations(server: PrefectServer, enabled: bool, names: set[str] | None = None):
+    """prefect.yaml's triggers are automations; every backup would otherwise start a verify."""
+    found = server.request("POST", "/automations/filter", json={})
+    for automation in found:
+        if names is None or automation["name"] in names:
+            server.request("PATCH", f"/automations/{automation['id']}", json={"enabled": enabled})
+    return {a["name"]: a for a in found}
 
 
 def deployment(server: PrefectServer, full_name: str) -> dict:
@@ -304,3 +314,66 @@ def test_dbops_serve_registers_the_deployments_with_their_schedules(deployed):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_automations_verify_each_new_backup_and_report_silence(
+    deployed, bucket, s3_client, tmp_path
+):
+    """prefect.yaml's triggers, as `prefect deploy` created them: a completed backup starts
+    `verify-backup/after-backup` with its id and location, and (a test copy of the absence
+    trigger with an 8 s window instead of 26 h) silence afterwards runs `backup-missing`."""
+    automations = enable_automations(deployed, True, {"dbops-verify-each-new-backup"})
+    absence = automations["dbops-backup-missing"]
+    assert absence["trigger"]["posture"] == "Proactive"
+    assert absence["trigger"]["within"] == 26 * 3600
+    assert absence["trigger"]["expect"] == ["dbops.backup.completed"]
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    spec = next(d for d in config["deployments"] if d["name"] == "absence")
+    trigger = {**spec["triggers"][0], "name": "dbops-backup-missing-fast", "within": 10}
+    fast = {**spec, "name": "absence-fast", "triggers": [trigger]}
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump({**config, "deployments": [fast]}, sort_keys=False))
+    deployed.deploy("backup-missing/absence-fast", path)
+    try:
+        run = create_run(
+            deployed, "backup-database/nightly", backup_url=f"s3://{bucket}/auto", retries=0
+        )
+        backup = wait_for(deployed, run["id"])
+        assert backup["state"]["type"] == "COMPLETED", deployed.log_tail("worker")
+        (manifest,) = [k for k in keys(s3_client, bucket, "auto/") if k.endswith(".manifest.json")]
+        backup_id = manifest.removeprefix("auto/").removesuffix(".manifest.json")
+
+        deadline = time.monotonic() + 90
+        while not deployed.flow_runs("verify-backup/after-backup"):
+            assert time.monotonic() < deadline, "no verify run:\n" + deployed.log_tail("server")
+            time.sleep(1)
+        verify = wait_for(deployed, deployed.flow_runs("verify-backup/after-backup")[0]["id"])
+        assert verify["parameters"]["source"] == backup_id
+        assert verify["parameters"]["backup_url"] == f"s3://{bucket}/auto"
+        assert verify["state"]["type"] == "COMPLETED", deployed.log_tail("worker")
+        assert f"auto/{backup_id}.verified.json" in keys(s3_client, bucket, "auto/")
+
+        while not deployed.flow_runs("backup-missing/absence-fast"):
+            assert time.monotonic() < deadline, "no alert run:\n" + deployed.log_tail("server")
+            time.sleep(1)
+        # What the alert run does is tested in-process (tests/test_pings.py): here, that the
+        # automation started it, for this database, after the window and not before.
+        (alert,) = deployed.flow_runs("backup-missing/absence-fast")
+        assert alert["parameters"]["last_backup_id"] == backup_id
+        assert alert["parameters"]["database"] == deployed_database(deployed)
+        assert alert["created"] >= backup["end_time"]
+    finally:
+        enable_automations(deployed, False)
+        found = deployment(deployed, "backup-missing/absence-fast")
+        deployed.request("DELETE", f"/deployments/{found['id']}")
+
+
+def deployed_database(server: PrefectServer) -> str:
+    """The database behind the Secret block dbops-database-url, read over REST: loading a block
+    in this process would bind its events client to this server for the rest of the session."""
+    document = server.request(
+        "GET",
+        "/block_types/slug/secret/block_documents/name/dbops-database-url",
+        params={"include_secrets": "true"},
+    )
+    return ConnInfo.parse(document["data"]["value"]).dbname

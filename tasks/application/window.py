@@ -241,7 +241,6 @@ class ApplicationWindow:
                 if attempt < attempts:
                     time.sleep(hooks.start_app_retry_delay_seconds)
                 continue
-            set_label(self.flow_run_id, "started", self.warn)
             if self.report is not None:
                 self.report.started_at = _now()
                 self.report.started = True
@@ -249,6 +248,7 @@ class ApplicationWindow:
                 self.log(
                     f"the application runs again; it was down {self.report.downtime_seconds} s"
                 )
+            set_label(self.flow_run_id, "started", self.warn)
             return
         set_label(self.flow_run_id, "start-failed", self.warn)
         headline = "WAS NOT RESTARTED" if what == "restart-app" else "IS NOT RUNNING"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -12,22 +13,41 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+# Who else watches progress in this process (the CLI's terminal bar): called with
+# (description, bytes done, bytes expected or 0, finished) at most every LISTEN_INTERVAL s.
+ProgressListener = Callable[[str, int, int, bool], None]
+LISTENERS: list[ProgressListener] = []
+LISTEN_INTERVAL = 0.2
+
 
 class ProgressReporter:
     """Updates a progress artifact at most every `interval` seconds while a long dump runs."""
 
     def __init__(self, expected_bytes: int, description: str, interval: float = 2.0) -> None:
         self.expected = max(expected_bytes, 1)
+        self.known = expected_bytes > 0
+        self.description = description
         self.interval = interval
         self._last = 0.0
+        self._told = 0.0
+        self._done_bytes = 0
         self.artifact_id: UUID | None = None
         try:
             self.artifact_id = create_progress_artifact(0.0, description=description)
         except Exception:  # noqa: BLE001 - progress is a nicety, never a reason to fail a backup
             self.artifact_id = None
 
+    def _tell(self, done_bytes: int, finished: bool) -> None:
+        for listener in LISTENERS:
+            with contextlib.suppress(Exception):  # a terminal bar never fails the job
+                listener(self.description, done_bytes, self.expected if self.known else 0, finished)
+
     def __call__(self, done_bytes: int) -> None:
         now = time.monotonic()
+        self._done_bytes = done_bytes
+        if LISTENERS and now - self._told >= LISTEN_INTERVAL:
+            self._told = now
+            self._tell(done_bytes, False)
         if self.artifact_id is None or now - self._last < self.interval:
             return
         self._last = now
@@ -38,6 +58,7 @@ class ProgressReporter:
             self.artifact_id = None
 
     def done(self) -> None:
+        self._tell(self.expected if self.known else self._done_bytes, True)
         if self.artifact_id is not None:
             with contextlib.suppress(Exception):
                 update_progress_artifact(self.artifact_id, 100.0)

@@ -107,6 +107,30 @@ def send(text: Callable[[], str], what: str) -> bool:
         return False
 
 
+def wants_success(notify_on: str | None) -> bool:
+    """DBOPS_NOTIFY_ON lists when to notify: `failure` (the default), `success`, or both."""
+    return "success" in {w.strip().lower() for w in (notify_on or "failure").split(",")}
+
+
+def notify_success(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect on_completion hook: a green line when DBOPS_NOTIFY_ON asks for successes."""
+    from prefect.logging import get_logger
+
+    from tasks.core.settings import Settings, resolve_secret
+
+    settings = Settings.from_env()
+    if not wants_success(settings.notify_on) or not selected(flow.name, settings.notify_flows):
+        return
+    try:
+        url = resolve_secret(settings.webhook_url)
+        if url:
+            link = _run_link(flow_run, settings.ui_url)
+            text = f":large_green_circle: dbops `{flow.name}` run `{flow_run.name}` completed"
+            post_webhook(url, text + (f" <{link}|open run>" if link else ""))
+    except Exception as exc:  # noqa: BLE001 - a notification never fails a run that worked
+        get_logger("dbops.notify").warning("could not send the notification: %s", clean(str(exc)))
+
+
 FAILURE_HOOKS: dict[str, list[Any]] = {
     "on_failure": [notify_failure],
     "on_crashed": [notify_failure],

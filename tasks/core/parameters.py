@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_t
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
-from tasks.storage.destinations import S3Options
+from tasks.storage.options import S3Options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,6 +81,15 @@ FromServer = Annotated[
         "default DATABASE_URL's server, or the only server with backups"
     ),
 ]
+
+PingUrl = Annotated[
+    str | None,
+    Field(
+        description="heartbeat pings <url>/start, <url>, <url>/fail (healthchecks.io style); "
+        "secret://BLOCK or a URL; default DBOPS_PING_URL"
+    ),
+]
+"""Read by the flow's hooks (tasks/operations/outcomes.py), not by its body."""
 
 
 def describe(annotation: Any) -> str:

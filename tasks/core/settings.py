@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from tasks.core.errors import ConfigError, NotFoundError, ParameterError
+from tasks.storage.aws_blocks import resolve_s3_bucket
 from tasks.storage.destinations import Destination, S3Options
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Settings(BaseModel):
     environment: str | None = Field(None, description="DBOPS_ENVIRONMENT: development, production")
     webhook_url: str | None = Field(None, description="DBOPS_WEBHOOK_URL: failure notifications")
     notify_flows: str | None = Field(None, description="DBOPS_NOTIFY_FLOWS: flows to notify about")
+    notify_on: str | None = Field(None, description="DBOPS_NOTIFY_ON: failure (default), success")
+    ping_url: str | None = Field(None, description="DBOPS_PING_URL: heartbeat pings, or secret://")
     ui_url: str | None = Field(None, description="PREFECT_UI_URL: links in notifications")
     aws_region: str | None = Field(None, description="AWS_DEFAULT_REGION")
     secretsmanager_endpoint_url: str | None = Field(
@@ -59,6 +62,8 @@ class Settings(BaseModel):
             environment=get("DBOPS_ENVIRONMENT"),
             webhook_url=get("DBOPS_WEBHOOK_URL"),
             notify_flows=get("DBOPS_NOTIFY_FLOWS"),
+            notify_on=get("DBOPS_NOTIFY_ON"),
+            ping_url=get("DBOPS_PING_URL"),
             ui_url=get("PREFECT_UI_URL"),
             aws_region=get("AWS_DEFAULT_REGION"),
             secretsmanager_endpoint_url=get("AWS_ENDPOINT_URL_SECRETSMANAGER"),
@@ -100,8 +105,9 @@ class Settings(BaseModel):
         return ConnInfo.parse(self.require_database_url())
 
     def destination(self) -> Destination:
-        """Where backups are: S3 or a local directory."""
-        return Destination.from_url(self.backup_url, self.s3)
+        """Where backups are: S3 (an `s3-bucket://BLOCK` names a prefect-aws S3Bucket) or a
+        local directory."""
+        return Destination.from_url(*resolve_s3_bucket(self.backup_url, self.s3))
 
     def scratch_server(self) -> ConnInfo:
         """VERIFY_DATABASE_URL (a separate server) or else the DATABASE_URL server."""
@@ -127,6 +133,7 @@ def s3_options_from_env(env: Mapping[str, str] | None = None) -> S3Options:
         sse_kms_key_id=env.get("DBOPS_S3_KMS_KEY_ID") or None,
         storage_class=env.get("DBOPS_S3_STORAGE_CLASS") or None,
         tags=parse_tags(env.get("DBOPS_S3_TAGS", "")),
+        credentials_block=env.get("DBOPS_AWS_CREDENTIALS_BLOCK") or None,
         **object_lock_from_env(env),
     )
 

@@ -242,14 +242,18 @@ def run_restore(
                 )
             if state is not None:
                 apply_state(admin, scratch, state)
+            allow = state.allow_connections if state else True
             with (around_swap or contextlib.nullcontext)():  # the application stops here
                 shut_out(admin, scratch)
-                swap_in(
-                    admin, scratch, target.dbname, aside, state.allow_connections if state else True
-                )
+                swap_in(admin, scratch, target.dbname, aside, allow, drop_aside=False)
+            if aside is not None:  # dropped once the application runs again
+                drop(admin, aside)
         except BaseException:
             with contextlib.suppress(Exception):
                 drop(admin, scratch)  # only ever the scratch database: the target is untouched
+            if aside is not None:  # it exists only when the swap committed (the start failed)
+                with contextlib.suppress(Exception):
+                    drop(admin, aside)
             raise
         log(f"{target.dbname!r} is now the restored copy")
     return RestoreResult(

@@ -64,6 +64,7 @@ class VerificationRecord(BaseModel):
     dump: str = ""
     dump_url: str = ""
     sha256: str | None = None
+    backup_server: str | None = Field(None, description="the backed-up server's key")
     server: str = Field("", description="the scratch database's URL, without password")
     failed_check: BackupCheck | None = None
     checksum_verified: bool = False
@@ -148,6 +149,7 @@ def verify_restore(
     record.backup_id = manifest.backup_id
     record.database = manifest.database
     record.sha256 = manifest.dump.sha256
+    record.backup_server = manifest.server_key
     scratch = server.with_dbname(helper_name(manifest.database, "verify"))
     record.server = scratch.redacted()
     started = time.perf_counter()

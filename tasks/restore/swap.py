@@ -215,9 +215,15 @@ def shut_out(admin: psycopg.Connection, name: str) -> None:
 
 
 def swap_in(
-    admin: psycopg.Connection, scratch: str, target: str, aside: str | None, allow: bool
+    admin: psycopg.Connection,
+    scratch: str,
+    target: str,
+    aside: str | None,
+    allow: bool,
+    drop_aside: bool = True,
 ) -> None:
-    """One transaction: target -> aside (when it exists), scratch -> target. Then drop aside."""
+    """One transaction: target -> aside (when it exists), scratch -> target. Then drop aside,
+    unless the caller drops it later (after the application is started again)."""
     rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         if aside is not None:
@@ -246,7 +252,7 @@ def swap_in(
                     f"{target!r} is unchanged, try again"
                 ) from None
             time.sleep(0.2 * attempt)
-    if aside is not None:
+    if aside is not None and drop_aside:
         drop(admin, aside)
 
 

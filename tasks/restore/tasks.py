@@ -19,6 +19,7 @@ from tasks.core.errors import retry_transient
 from tasks.core.postgres import maintenance_conn
 from tasks.core.settings import Settings
 from tasks.core.slots import database_slot
+from tasks.restore.progress import watched
 from tasks.restore.restore import RestoreResult, run_restore
 from tasks.restore.restore_test import VerificationRecord, verify_restore, write_verification
 from tasks.restore.swap import drop, leftovers
@@ -52,10 +53,12 @@ def restore_backup(
     logger.info("Restoring %s into %s", backup.url, target.redacted())
     if backup.manifest is None:
         logger.warning("%s has no dbops manifest: its checksum cannot be verified", backup.url)
+    backup, progress = watched(backup, f"Restoring {target.dbname}")
     with database_slot(target, slot_wait_seconds), window.around_restore():
         result = run_restore(
             backup, target, clean=clean, log=logger.info, around_swap=window.around_swap()
         )
+    progress.done()
     result.application = window.report
     logger.info(
         "Restored %d tables in %.1f s (checksum verified: %s)",
@@ -127,7 +130,9 @@ def restore_test(
         home if home and backup.manifest and backup.manifest.database == home.dbname else None
     )
     with database_slot(source_db) if source_db else contextlib.nullcontext():
-        record = verify_restore(backup, server, smoke_queries)
+        checked, progress = watched(backup, f"Verifying {backup.dump_name}")
+        record = verify_restore(checked, server, smoke_queries)
+        progress.done()
     logger.info("Verification of %s: %s", backup.url, "OK" if record.ok else record.detail)
     return record, backup.destination.url
 

@@ -15,17 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
-import boto3
 import botocore.exceptions
 import smart_open
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from tasks.core.errors import DbopsError, TransientError
+from tasks.storage.aws_blocks import s3_client
 from tasks.storage.multipart import DEFAULT_SCHEDULE, MultipartWriter, PartSchedule
 from tasks.storage.object_lock import (
-    LockMode,
     LockUnknownError,
     ObjectLockedError,
     content_md5,
@@ -33,29 +32,9 @@ from tasks.storage.object_lock import (
     require_lock_enabled,
     retention_of,
 )
+from tasks.storage.options import S3Options
 
 PARTIAL_MARK = ".partial-"
-
-
-class S3Options(BaseModel):
-    """What pgBackRest/WAL-G users expect to set for an S3 or S3-compatible store."""
-
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, R2, ...)")
-    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
-    sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms")
-    storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
-    tags: dict[str, str] = Field(default_factory=dict, description="Object tags")
-    object_lock: LockMode | None = Field(
-        None, description="S3 Object Lock mode of every object written (needs a lock bucket)"
-    )
-    object_lock_days: int | None = Field(
-        None, ge=1, description="days each written object stays locked (with object_lock)"
-    )
-
-    def merged(self, **overrides: object) -> S3Options:
-        """Flags override the environment; None means 'not given'."""
-        given = {k: v for k, v in overrides.items() if v not in (None, {}, "")}
-        return self.model_copy(update=given)
 
 
 @dataclass(frozen=True)
@@ -279,7 +258,7 @@ class S3Destination(Destination):
         self.prefix = prefix.strip("/")
         self.options = options
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url)
+        self.client = s3_client(options)  # boto3's chain, or an AwsCredentials block
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name

@@ -1,0 +1,1 @@
+"""Prefect-native operations: outcome events, hooks (pings, webhook), metrics."""
