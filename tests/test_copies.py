@@ -264,3 +264,13 @@ def test_check_requires_checked_copies_of_the_newest_verified_backup(prefect, tm
     copy_backup(source, Destination.from_url(str(tmp_path / "usb")), verified)
     report = backup_freshness(backup_url=str(tmp_path / "src"), min_copies=1)
     assert report.ok and report.databases[0].copies == 1
+
+
+def test_lock_date_rounds_up_to_the_whole_second_stores_keep():
+    from tasks.storage.object_lock import lock_args
+
+    now = datetime(2026, 11, 25, 5, 24, 4, 62303, tzinfo=UTC)
+    until = lock_args("governance", 2, now)["ObjectLockRetainUntilDate"]
+    assert until == datetime(2026, 11, 27, 5, 24, 5, tzinfo=UTC)
+    whole = lock_args("compliance", 1, now.replace(microsecond=0))["ObjectLockRetainUntilDate"]
+    assert whole == datetime(2026, 11, 26, 5, 24, 4, tzinfo=UTC)

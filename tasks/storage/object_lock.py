@@ -51,6 +51,8 @@ def lock_args(mode: str | None, days: int | None, now: datetime | None = None) -
     if not mode or not days:
         return {}
     until = (now or datetime.now(UTC)) + timedelta(days=days)
+    if until.microsecond:  # stores keep whole seconds: round up so the lock is never short
+        until = until.replace(microsecond=0) + timedelta(seconds=1)
     return {"ObjectLockMode": mode.upper(), "ObjectLockRetainUntilDate": until}
 
 
