@@ -23,6 +23,7 @@ import psycopg
 
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
+from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
 from tasks.backup.row_counts import CopyRowCounter, count_in_snapshot, user_tables
@@ -132,8 +133,10 @@ def stream_command_to(
     secret: str | None,
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
+    recipients: Recipients | None = None,
 ) -> StreamStats:
-    """Run command and store its stdout, compressed, as one complete object or none at all.
+    """Run command and store its stdout, compressed (then age-encrypted to `recipients`), as one
+    complete object or none at all; the SHA-256 is of the stored bytes.
 
     `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump)."""
     stats = StreamStats()
@@ -150,7 +153,10 @@ def stream_command_to(
             writer.start()
             try:
                 chunks = _read_chunks(process.stdout, stats, progress, inspect)
-                for piece in compress_stream(chunks, compression, level):
+                pieces = compress_stream(chunks, compression, level)
+                if recipients is not None:
+                    pieces = encrypt_chunks(pieces, recipients)
+                for piece in pieces:
                     writer.put(piece)
             finally:
                 writer.finish()
@@ -228,6 +234,7 @@ class BackupRequest:
     level: int = 6
     labels: list[str] = field(default_factory=list)
     include_globals: bool = False
+    recipients: Recipients | None = None  # age public keys; None: stored unencrypted
 
 
 def _custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
@@ -247,7 +254,8 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
     """Dump one database consistently and store it as a complete backup (dump + manifest)."""
     info = request.conn
     request.destination.check_writable()
-    suffix = dump_suffix(request.format, request.compression)
+    after = AGE_SUFFIX if request.recipients else ""
+    suffix = dump_suffix(request.format, request.compression) + after
     written: list[str] = []
     with info.connect() as snapshot_conn:
         major, full_version = server_version(snapshot_conn)
@@ -267,7 +275,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
             command += ["--format=plain"]
             stream_compression = request.compression
         started_at = datetime.now(UTC)
-        suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [suffix]
+        suffixes = ([GLOBALS_SUFFIX + after] if request.include_globals else []) + [suffix]
         claim = claim_backup_id(request.destination, info.dbname, started_at, suffixes, identity)
         backup_id = claim.backup_id
         tables = user_tables(snapshot_conn)
@@ -300,6 +308,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     info.password,
                     progress,
                     stream_counter.feed if stream_counter else None,
+                    request.recipients,
                 )
             except LockTableFullError:
                 raise lock_table_advice(snapshot_conn) from None
@@ -334,6 +343,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     raw_size=stats.raw_bytes,
                 ),
                 globals=globals_info,
+                encryption=request.recipients.encryption() if request.recipients else None,
                 started_at=started_at,
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),
@@ -362,7 +372,7 @@ def _dump_globals(
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
     info = request.conn
     pg_dumpall = find_client_tool("pg_dumpall", major)
-    name = backup_id + GLOBALS_SUFFIX
+    name = backup_id + GLOBALS_SUFFIX + (AGE_SUFFIX if request.recipients else "")
     stats = stream_command_to(
         [pg_dumpall.path, "--no-password", "--globals-only", "-l", info.dbname],
         info.child_env(),
@@ -371,6 +381,7 @@ def _dump_globals(
         "gzip",
         6,
         info.password,
+        recipients=request.recipients,
     )
     written.append(name)
     return ObjectInfo(
