@@ -104,8 +104,8 @@ def _check_key(key: str, where: str, parameter: str, echo: bool = True) -> str:
     if key.startswith(SECRET_KEY_PREFIX):  # never echo a secret key back
         raise ParameterError(
             parameter,
-            f"{where + ' is' if where else 'is given'} a secret key (AGE-SECRET-KEY-...); the backup machine needs "
-            "only the public key: `age-keygen -y key.txt` prints it",
+            f"{where + ' is' if where else 'is given'} a secret key (AGE-SECRET-KEY-...); "
+            "the backup machine needs only the public key: `age-keygen -y key.txt` prints it",
         )
     try:
         _recipient(key)
