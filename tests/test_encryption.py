@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
+
+from prefect.blocks.system import Secret
 
 from flows.backup import backup_database
 from flows.restore import restore_database
@@ -111,7 +114,8 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     ).stdout
     assert b"CREATE ROLE" in roles
 
-    # dbops restores with the identity, and verify proves decryption (dump and globals).
+    # dbops restores with the identity file; verify, with the other identity from a Secret
+    # block, proves decryption (dump and globals).
     restored = new_database(pg, "restored")
     result = completed(
         restore_database,
@@ -122,12 +126,14 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     )
     assert result.checksum_verified
     assert content_checksums(restored) == content_checksums(sample_db)
+    block = f"age-identity-{uuid.uuid4().hex[:8]}"
+    Secret(value=(tmp_path / "other.txt").read_text()).save(block)
     record = completed(
         verify_backup,
         source=manifest.backup_id,
         database_url=sample_db,
         backup_url=f"s3://{bucket}/enc",
-        identity=str(tmp_path / "other.txt"),
+        identity=f"secret://{block}",
     )
     assert record.ok and record.globals_checked and record.checksum_verified
 
