@@ -9,7 +9,9 @@ Two stream stages, used wherever a stored object is written or read:
 
 * `encrypt_chunks(chunks, recipients)`: an iterator of (compressed) chunks in, an iterator
   of age ciphertext out. pyrage's `encrypt_io` pulls from a reader and pushes to a writer,
-  so it runs on a thread between two bounded hand-overs: memory stays a few chunks.
+  so it runs on a thread between two hand-overs (`_AgeWorker`) that the caller's thread feeds
+  and drains: the upstream iterator, storage reads and progress callbacks stay on the
+  caller's thread, and memory stays a few chunks.
 * `DecryptingReader(raw, identity, where)`: `read(size)` gives plaintext; a damaged,
   truncated or extended ciphertext raises `BackupFaultError` (age authenticates every
   64 KiB chunk and marks the last one), an identity that is not a recipient `ConfigError`.
@@ -37,9 +39,8 @@ AGE_SUFFIX = ".age"
 SECRET_PREFIX = "secret://"
 SECRET_KEY_PREFIX = "AGE-SECRET-KEY-"
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
-# Ciphertext handed over at a time, and how many hand-overs wait: memory stays bounded.
+# Output handed back at a time (and input read at a time when decrypting).
 HANDOVER_BYTES = 1024 * 1024
-HANDOVER_DEPTH = 4
 _POLL_SECONDS = 0.2
 
 
@@ -259,25 +260,63 @@ def require_identity(encryption: Encryption, reference: str | None, where: str) 
     return identity
 
 
-class _Handover:
-    """A bounded queue of byte strings between two threads, with an error and a cancel."""
+class _Cancelled(Exception):
+    """The caller went away: the worker thread stops."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(HANDOVER_DEPTH)
+
+_EMPTY = object()
+
+
+class _AgeWorker:
+    """pyrage on its own thread between two queues, fed and drained by the caller's thread.
+
+    pyrage pulls from a reader and pushes to a writer; this object is both. The caller's
+    thread keeps everything else (the upstream iterator, storage reads, progress callbacks)
+    and feeds input (one piece waits at most) only once it has taken the output there was, so a
+    few pieces are in flight: memory stays bounded whatever the object's size."""
+
+    def __init__(self, work: Any, name: str) -> None:
+        self.inbox: queue.Queue[bytes | None] = queue.Queue(1)
+        self.outbox: queue.Queue[Any] = queue.Queue()  # bounded by the feeding discipline
         self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.current = memoryview(b"")
         self.pending = bytearray()
+        self.thread = threading.Thread(target=self._run, args=(work,), daemon=True, name=name)
+        self.thread.start()
 
-    def put(self, item: bytes | BaseException | None) -> None:
-        while not self.cancelled.is_set():
+    def _run(self, work: Any) -> None:
+        try:
+            work(self, self)
+            self.flush()
+            self.outbox.put(None)
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self.outbox.put(exc)
+        finally:
+            self.finished.set()
+
+    # pyrage's side: a file to read from and one to write to.
+    def read(self, size: int = -1) -> bytes:
+        while not self.current:
+            if self.cancelled.is_set():
+                raise _Cancelled
             try:
-                self.queue.put(item, timeout=_POLL_SECONDS)
-                return
-            except queue.Full:
+                item = self.inbox.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
                 continue
-        raise _Cancelled
+            if item is None:
+                self.inbox.put(None)  # end of input stays the end
+                return b""
+            self.current = memoryview(item)
+        size = len(self.current) if size is None or size < 0 else size
+        piece, self.current = self.current[:size], self.current[size:]
+        return bytes(piece)
 
-    # The file-like side pyrage writes to.
     def write(self, data: bytes) -> int:
+        if self.cancelled.is_set():
+            raise _Cancelled
         self.pending += data
         if len(self.pending) >= HANDOVER_BYTES:
             self.flush()
@@ -285,148 +324,75 @@ class _Handover:
 
     def flush(self) -> None:
         if self.pending:
-            self.put(bytes(self.pending))
+            self.outbox.put(bytes(self.pending))
             self.pending.clear()
 
-    def get(self) -> bytes | BaseException | None:
-        return self.queue.get()
-
-
-class _Cancelled(Exception):
-    """The consumer went away: the stage thread stops."""
-
-
-class _IteratorReader:
-    """The file-like side pyrage reads from: an iterator of chunks, read in small slices."""
-
-    def __init__(self, chunks: Iterator[bytes], cancelled: threading.Event) -> None:
-        self.chunks = chunks
-        self.cancelled = cancelled
-        self.current = memoryview(b"")
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        if self.cancelled.is_set():
-            raise _Cancelled
-        if not self.current:
+    # The caller's side.
+    def feed(self, data: bytes | None) -> None:
+        """Hand over input (None: the end); dropped once the worker stopped (its error waits)."""
+        while not self.finished.is_set():
             try:
-                self.current = memoryview(next(self.chunks, b""))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer as it was
-                self.error = exc
-                raise
-        size = len(self.current) if size is None or size < 0 else size
-        piece, self.current = self.current[:size], self.current[size:]
-        return bytes(piece)
+                self.inbox.put(data, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, wait: bool) -> Any:
+        """Output bytes, None at the end, an exception, or _EMPTY (only when not waiting)."""
+        try:
+            item = self.outbox.get(block=wait)
+        except queue.Empty:
+            return _EMPTY
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.cancelled.set()
 
 
 def encrypt_chunks(chunks: Iterable[bytes], recipients: Recipients) -> Iterator[bytes]:
-    """age ciphertext of the concatenated chunks, as chunks of about HANDOVER_BYTES."""
+    """age ciphertext of the concatenated chunks, in pieces of about HANDOVER_BYTES. The
+    chunks are pulled on the caller's thread, as without encryption."""
     import pyrage
 
-    out = _Handover()
-    source = _IteratorReader(iter(chunks), out.cancelled)
     keys = recipients.objects()
-
-    def run() -> None:
-        try:
-            pyrage.encrypt_io(source, out, keys)
-            out.flush()
-            out.put(None)
-        except _Cancelled:
-            return
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
-            if not out.cancelled.is_set():
-                out.put(source.error or exc)
-
-    thread = threading.Thread(target=run, daemon=True, name="age-encrypt")
-    thread.start()
-    finished = False
+    worker = _AgeWorker(lambda r, w: pyrage.encrypt_io(r, w, keys), "age-encrypt")
     try:
-        while True:
-            item = out.get()
-            if item is None:
-                finished = True
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        for chunk in chunks:
+            worker.feed(chunk)
+            while (piece := worker.take(wait=False)) is not _EMPTY:
+                if piece is not None:
+                    yield piece
+        worker.feed(None)
+        while (piece := worker.take(wait=True)) is not None:
+            yield piece
     finally:
-        out.cancelled.set()  # a consumer that stopped early stops the thread at its next step
-        if finished:
-            thread.join()
-
-
-class _SliceReader:
-    """What pyrage reads ciphertext from: the raw stream, read in big blocks, served in slices
-    (pyrage asks for 8 KiB at a time; each read of S3 costs more than a slice)."""
-
-    def __init__(self, raw: IO[bytes], cancelled: threading.Event) -> None:
-        self.raw = raw
-        self.cancelled = cancelled
-        self.current = memoryview(b"")
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        if self.cancelled.is_set():
-            raise _Cancelled
-        if not self.current:
-            try:
-                self.current = memoryview(self.raw.read(HANDOVER_BYTES))
-            except BaseException as exc:  # noqa: BLE001 - handed to the reader's caller
-                self.error = exc
-                raise
-        size = len(self.current) if size is None or size < 0 else size
-        piece, self.current = self.current[:size], self.current[size:]
-        return bytes(piece)
-
-    def drain(self) -> int:
-        """Read to the end (so a hashing reader beneath saw every byte); returns bytes left."""
-        left = len(self.current)
-        while block := self.raw.read(HANDOVER_BYTES):
-            left += len(block)
-        return left
+        worker.close()
 
 
 class DecryptingReader:
-    """Plaintext of an age stream, `read(size)` at a time; b'' only after an authenticated end.
+    """Plaintext of an age stream, `read(size)` at a time; b'' only after an authenticated end
+    and the end of `raw` (so a hashing reader beneath saw every byte).
 
     `where` names the object in messages. The identity was checked against the manifest's
     recipients before (`require_identity`), so an age header no identity opens is damaged."""
 
     def __init__(self, raw: IO[bytes], identity: AgeIdentity, where: str) -> None:
-        self.where = where
-        self.identity = identity
-        self.out = _Handover()
-        self.source = _SliceReader(raw, self.out.cancelled)
-        self.buffer = memoryview(b"")
-        self.done = False
-        self.thread = threading.Thread(target=self._run, daemon=True, name="age-decrypt")
-        self.thread.start()
-
-    def _run(self) -> None:
         import pyrage
 
-        try:
-            pyrage.decrypt_io(self.source, self.out, self.identity.objects)
-            self.out.flush()
-            if self.source.drain():
-                raise BackupFaultError(
-                    f"{self.where} has data after the end of its age stream", BackupCheck.ARCHIVE
-                )
-            self.out.put(None)
-        except _Cancelled:
-            return
-        except BaseException as exc:  # noqa: BLE001 - re-raised by read()
-            if not self.out.cancelled.is_set():
-                self.out.put(self._explain(exc))
+        self.raw = raw
+        self.where = where
+        self.identity = identity
+        keys = identity.objects
+        self.worker = _AgeWorker(lambda r, w: pyrage.decrypt_io(r, w, keys), "age-decrypt")
+        self.buffer = memoryview(b"")
+        self.fed_all = False
+        self.done = False
 
     def _explain(self, exc: BaseException) -> BaseException:
         import pyrage
 
-        if self.source.error is not None:
-            return self.source.error  # the storage's own error, as it was
-        if isinstance(exc, BackupFaultError | ConfigError):
-            return exc
         if isinstance(exc, pyrage.DecryptError) and "No matching keys" in str(exc):
             if self.identity.public_fingerprints is None:
                 return ConfigError(
@@ -443,30 +409,49 @@ class DecryptingReader:
                 f"{self.where} is not a valid age file ({exc})", BackupCheck.ARCHIVE
             )
         return BackupFaultError(
-            f"{self.where} fails age authentication: the ciphertext is damaged or truncated "
-            f"({exc})",
+            f"{self.where} fails age authentication: the ciphertext is damaged, truncated or "
+            f"extended ({exc})",
             BackupCheck.SHA256,
         )
+
+    def _next(self) -> bytes | None:
+        """The next plaintext piece, None at the end; feeds ciphertext while there is none.
+        A storage error while reading is raised as it is; pyrage's, explained in one line."""
+        while True:
+            try:
+                item = self.worker.take(wait=self.fed_all)
+            except Exception as exc:  # noqa: BLE001 - pyrage's error, from its thread
+                raise self._explain(exc) from None
+            if item is not _EMPTY:
+                return item  # type: ignore[no-any-return]
+            block = self.raw.read(HANDOVER_BYTES)
+            self.worker.feed(block or None)
+            self.fed_all = not block
 
     def read(self, size: int = -1) -> bytes:
         while not self.buffer:
             if self.done:
                 return b""
-            item = self.out.get()
-            if item is None:
+            try:
+                piece = self._next()
+            except BaseException:
                 self.done = True
-                self.thread.join()
+                raise
+            if piece is None:
+                self.done = True
+                if self.raw.read(HANDOVER_BYTES):
+                    raise BackupFaultError(
+                        f"{self.where} has data after the end of its age stream",
+                        BackupCheck.ARCHIVE,
+                    )
                 return b""
-            if isinstance(item, BaseException):
-                self.done = True
-                raise item
-            self.buffer = memoryview(item)
+            self.buffer = memoryview(piece)
         size = len(self.buffer) if size is None or size < 0 else size
-        piece, self.buffer = self.buffer[:size], self.buffer[size:]
-        return bytes(piece)
+        piece_out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return bytes(piece_out)
 
     def close(self) -> None:
-        self.out.cancelled.set()
+        self.worker.close()
 
     def __enter__(self) -> DecryptingReader:
         return self
