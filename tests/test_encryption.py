@@ -61,7 +61,7 @@ def marker_intact(url: str) -> bool:
 
 
 def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
-    prefect, pg, sample_db, bucket, s3_client, s3_server, tmp_path
+    prefect, pg, sample_db, bucket, s3_client, s3_server, tmp_path, monkeypatch
 ):
     public, secret = keypair(tmp_path / "key.txt")
     other_public, _ = keypair(tmp_path / "other.txt")
@@ -170,24 +170,33 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     assert "truncated" in message
     assert marker_intact(target)
 
-    # A custom-format archive, encrypted, gives single tables back with the key.
+    # A custom-format archive, encrypted to DBOPS_AGE_RECIPIENTS, gives single tables back
+    # with DBOPS_AGE_IDENTITY; a verify with the wrong key fails the run and records nothing.
+    monkeypatch.setenv("DBOPS_AGE_RECIPIENTS", f"{recipients_file},{public}")
+    custom_dir = tmp_path / "custom"
     custom = completed(
-        backup_database,
-        database_url=sample_db,
-        backup_url=str(tmp_path / "custom"),
-        format="custom",
-        encrypt_to=[public],
+        backup_database, database_url=sample_db, backup_url=str(custom_dir), format="custom"
     )
     assert custom.dump.name.endswith(".dump.age")
-    assert (tmp_path / "custom" / custom.dump.name).read_bytes().startswith(AGE_MAGIC)
+    assert set(custom.encryption.recipients) == set(manifest.encryption.recipients)
+    assert (custom_dir / custom.dump.name).read_bytes().startswith(AGE_MAGIC)
+    message = failed(
+        verify_backup,
+        source=custom.backup_id,
+        database_url=sample_db,
+        backup_url=str(custom_dir),
+        identity=str(tmp_path / "wrong.txt"),
+    )
+    assert "not a recipient" in message
+    assert not list(custom_dir.glob("*.verified.json"))
+    monkeypatch.setenv("DBOPS_AGE_IDENTITY", str(tmp_path / "key.txt"))
     tables_into = new_database(pg, "tables")
     completed(
         restore_tables,
         source=custom.backup_id,
         tables=["public.User"],
         database_url=tables_into,
-        backup_url=str(tmp_path / "custom"),
-        identity=str(tmp_path / "key.txt"),
+        backup_url=str(custom_dir),
     )
     assert (
         content_checksums(tables_into)["public.User"] == content_checksums(sample_db)["public.User"]
@@ -196,6 +205,7 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     # The secret keys are in no parameter, state message, log or artifact of these runs.
     records = records_text(flow_run_ids() - before)
     assert "encrypted with age" in records  # the records were read
+    assert f"age to {', '.join(manifest.encryption.recipients)}" in records  # the report
     assert secret not in records and wrong_secret not in records
     assert "AGE-SECRET-KEY" not in records
 
