@@ -19,8 +19,10 @@ from flows.backup import backup_database
 from flows.restore import restore_database
 from flows.restore_tables import restore_tables
 from flows.verify import verify_backup
+from tasks.core.client_tools import find_client_tool
 from tasks.core.postgres import ConnInfo
 from tests.conftest import content_checksums, new_database, psql, run_cli
+from tests.faults import dying_pg_dump, write_script
 from tests.prefect_records import flow_run_ids, records_text
 
 AGE_MAGIC = b"age-encryption.org/v1"
@@ -47,6 +49,17 @@ def failed(flow, **kwargs) -> str:
     assert state.is_failed()
     assert "\n" not in state.message.strip()
     return state.message
+
+
+def spying_tools(bin_dir: Path, log: Path) -> Path:
+    """psql and pg_restore that write their argv and environment to `log`, then run."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("psql", "pg_restore"):
+        real = find_client_tool(name, 18).path
+        write_script(
+            bin_dir / name, f'{{ echo "{name} $*"; env; }} >> "{log}"\nexec "{real}" "$@"\n'
+        )
+    return bin_dir
 
 
 def marked_target(pg) -> str:
@@ -114,18 +127,23 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     ).stdout
     assert b"CREATE ROLE" in roles
 
-    # dbops restores with the identity file; verify, with the other identity from a Secret
-    # block, proves decryption (dump and globals).
-    restored = new_database(pg, "restored")
-    result = completed(
-        restore_database,
-        source=manifest.backup_id,
-        database_url=restored,
-        backup_url=f"s3://{bucket}/enc",
-        identity=str(tmp_path / "key.txt"),
-    )
+    # dbops restores with the identity file, decrypting in-process: psql's argv and
+    # environment never hold the key. Verify, with the other identity from a Secret block,
+    # proves decryption (dump and globals).
+    spied = tmp_path / "children.log"
+    with monkeypatch.context() as patch:
+        patch.setenv("PG_BIN_DIR", str(spying_tools(tmp_path / "spy", spied)))
+        restored = new_database(pg, "restored")
+        result = completed(
+            restore_database,
+            source=manifest.backup_id,
+            database_url=restored,
+            backup_url=f"s3://{bucket}/enc",
+            identity=str(tmp_path / "key.txt"),
+        )
     assert result.checksum_verified
     assert content_checksums(restored) == content_checksums(sample_db)
+    assert spied.read_text().startswith("psql ") and "AGE-SECRET-KEY" not in spied.read_text()
     block = f"age-identity-{uuid.uuid4().hex[:8]}"
     Secret(value=(tmp_path / "other.txt").read_text()).save(block)
     record = completed(
@@ -201,6 +219,18 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     assert (
         content_checksums(tables_into)["public.User"] == content_checksums(sample_db)["public.User"]
     )
+
+    # A pg_dump killed half way leaves nothing, encrypted or not (age's end is no backup's).
+    with monkeypatch.context() as patch:
+        patch.setenv("PG_BIN_DIR", str(dying_pg_dump(tmp_path / "dying")))
+        message = failed(
+            backup_database,
+            database_url=sample_db,
+            backup_url=str(tmp_path / "cut"),
+            encrypt_to=[public],
+        )
+    assert "pg_dump failed" in message and "no backup was stored" in message
+    assert list((tmp_path / "cut").iterdir()) == []
 
     # The secret keys are in no parameter, state message, log or artifact of these runs.
     records = records_text(flow_run_ids() - before)
