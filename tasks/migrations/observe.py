@@ -39,6 +39,7 @@ LOCK_MODES = (
 BLOCKS_READS = {"AccessExclusiveLock"}
 BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
 SAMPLE_INTERVAL = 0.01
+TABLES = ("r", "p", "m")  # tables, partitioned tables, materialized views
 
 USER_RELATIONS = """
 SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text,
@@ -71,7 +72,7 @@ def strongest(modes: set[str]) -> str | None:
 
 
 class RelationEffect(BaseModel):
-    """What one statement did to one table or index that existed before it."""
+    """What one statement did to one table that existed before it."""
 
     relation: str
     lock: str | None = Field(None, description="the strongest lock it took, e.g. ACCESS EXCLUSIVE")
@@ -190,9 +191,11 @@ def effects_between(
         by_relation.setdefault(oid, set()).add(mode)
     effects = []
     for oid, (name, kind, node) in before.relations.items():
+        if kind not in TABLES:  # an index or sequence goes with its table's lock
+            continue
         modes = by_relation.get(oid, set())
         now = after.relations.get(oid)
-        rewritten = now is not None and kind in ("r", "m") and now[2] != node
+        rewritten = now is not None and kind != "p" and now[2] != node
         scans0, rows0 = before.stats.get(oid, (0, 0))
         scans1, rows1 = after.stats.get(oid, (scans0, rows0))
         scanned, rows = scans1 > scans0, max(rows1 - rows0, 0)
