@@ -110,6 +110,7 @@ def field_help(model: type[BaseModel], name: str) -> str:
     """A pydantic model field's description, for the CLI flag that sets it."""
     return model.model_fields[name].description or ""
 
+
 MaxLockSeconds = Annotated[
     float,
     Field(
