@@ -39,6 +39,17 @@ class ObjectInfo(BaseModel):
     raw_size: int | None = Field(None, description="bytes before compression")
 
 
+class DataObject(ObjectInfo):
+    """One object of a parallel backup: a table's rows (or a chunk of them) in COPY text
+    format, or, with no table, the rest of pg_dump's data section (sequences, large objects)."""
+
+    table: str | None = Field(None, description="the table, as in row_counts; None: the rest")
+    relation: list[str] | None = Field(None, description="[schema, table], unambiguous")
+    columns: list[str] = Field(default_factory=list, description="the COPY column list")
+    rows: int | None = Field(None, description="rows in this object, counted from the stream")
+    chunk: str | None = Field(None, description="the ctid range of a chunk of a large table")
+
+
 class Verification(BaseModel):
     """A restore test's outcome; the sidecar may hold more fields, which are ignored here."""
 
@@ -57,11 +68,16 @@ class Manifest(BaseModel):
     )
     server_version: str
     pg_dump_version: str
-    format: Literal["plain", "custom"]
+    format: Literal["plain", "custom", "parallel"]
     compression: Literal["gzip", "zstd", "none"]
     compression_level: int
     dump: ObjectInfo
     globals: ObjectInfo | None = None
+    objects: list[DataObject] = Field(
+        default_factory=list,
+        description="a parallel backup's data objects; its `dump` is then the schema archive",
+    )
+    jobs: int | None = Field(None, description="workers that took a parallel backup")
     started_at: datetime
     finished_at: datetime
     duration_seconds: float
@@ -99,6 +115,8 @@ class ManifestError(DbopsError):
 def dump_suffix(fmt: str, compression: str) -> str:
     if fmt == "custom":
         return ".dump"
+    if fmt == "parallel":
+        return ".schema.dump"
     return ".sql" + {"gzip": ".gz", "zstd": ".zst", "none": ""}[compression]
 
 

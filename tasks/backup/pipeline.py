@@ -122,6 +122,15 @@ def _read_chunks(
         yield chunk
 
 
+def _feed(stdin: IO[bytes] | None, data: bytes) -> None:
+    assert stdin is not None
+    try:
+        with stdin:
+            stdin.write(data)
+    except OSError:
+        pass  # the command stopped early; its exit status says why
+
+
 def stream_command_to(
     command: list[str],
     env: dict[str, str],
@@ -132,17 +141,25 @@ def stream_command_to(
     secret: str | None,
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
+    stdin_data: bytes | None = None,
 ) -> StreamStats:
     """Run command and store its stdout, compressed, as one complete object or none at all.
 
-    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump)."""
+    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump);
+    `stdin_data` is written to the command's input (pg_dump --filter=-)."""
     stats = StreamStats()
     started = time.perf_counter()
     process = spawn(  # pg_dump dies with dbops: no orphan keeps the snapshot open
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        command,
+        stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stdout is not None and process.stderr is not None
     tail = StderrTail(process.stderr)
+    if stdin_data is not None:
+        threading.Thread(target=_feed, args=(process.stdin, stdin_data), daemon=True).start()
     tool = command[0].rsplit("/", 1)[-1]
     try:
         with destination.open_write(name) as sink:
@@ -228,9 +245,11 @@ class BackupRequest:
     level: int = 6
     labels: list[str] = field(default_factory=list)
     include_globals: bool = False
+    jobs: int = 2  # parallel format: workers, each its own connection in the one snapshot
+    chunk_bytes: int = 1024**3  # parallel format: tables larger than this go in chunks
 
 
-def _custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
+def custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
     if compression == "none":
         return "--compress=0"
     if compression == "zstd":
@@ -245,6 +264,10 @@ def _custom_format_compress_option(tool: ClientTool, compression: str, level: in
 
 def run_backup(request: BackupRequest, progress: ProgressCallback | None = None) -> Manifest:
     """Dump one database consistently and store it as a complete backup (dump + manifest)."""
+    if request.format == "parallel":
+        from tasks.backup.parallel import run_parallel_backup
+
+        return run_parallel_backup(request, progress)
     info = request.conn
     request.destination.check_writable()
     suffix = dump_suffix(request.format, request.compression)
@@ -260,7 +283,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         if request.format == "custom":
             command += [
                 "--format=custom",
-                _custom_format_compress_option(pg_dump, request.compression, request.level),
+                custom_format_compress_option(pg_dump, request.compression, request.level),
             ]
             stream_compression = "none"
         else:
@@ -287,7 +310,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         try:
             globals_info = None
             if request.include_globals:
-                globals_info = _dump_globals(request, major, backup_id, written)
+                globals_info = dump_globals(request, major, backup_id, written)
             dump_name = backup_id + suffix
             try:
                 stats = stream_command_to(
@@ -356,7 +379,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 snapshot_conn.execute("ROLLBACK")
 
 
-def _dump_globals(
+def dump_globals(
     request: BackupRequest, major: int, backup_id: str, written: list[str]
 ) -> ObjectInfo:
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
