@@ -58,6 +58,15 @@ ObjectLockDaysOption = Annotated[
     int | None,
     typer.Option(help="days the objects stay locked (with --object-lock)", show_default=False),
 ]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="age identity file (or secret://BLOCK) to decrypt an encrypted backup; "
+        "default $DBOPS_AGE_IDENTITY",
+        show_default=False,
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 Retries = Annotated[int, typer.Option(min=0, max=10, help="retries of transient errors")]
 
@@ -81,6 +90,7 @@ def use_database_url(url: str | None) -> None:
 # Flow parameters whose command-line spelling is not `--` plus the name with dashes.
 FLAGS = {
     "checks": "--check",
+    "DBOPS_AGE_RECIPIENTS": "DBOPS_AGE_RECIPIENTS",
     "confirm": "--yes",
     "include_globals": "--globals",
     "indexes": "--index",

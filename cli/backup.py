@@ -53,6 +53,14 @@ def backup(
     ] = None,
     object_lock: ObjectLockOption = None,
     object_lock_days: ObjectLockDaysOption = None,
+    encrypt_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="encrypt with age to this public key or file of keys (repeatable); "
+            "default $DBOPS_AGE_RECIPIENTS",
+            show_default=False,
+        ),
+    ] = None,
     retries: Retries = 0,
     ping_url: Annotated[str | None, typer.Option(help=describe(PingUrl))] = None,
     as_json: JsonFlag = False,
@@ -80,6 +88,7 @@ def backup(
         copy_to=copy_to or None,
         object_lock=object_lock,
         object_lock_days=object_lock_days,
+        encrypt_to=encrypt_to or None,
     )
     human = f"backup {manifest.backup_id} stored: {manifest.dump.name}"
     if copy_to:
@@ -120,6 +129,7 @@ def list_backups(
             "size": m.dump.size,
             "dump": m.dump.name,
             "labels": m.labels,
+            "encrypted_to": m.encryption.recipients if m.encryption else None,
             "verified": m.verification.ok if m.verification else None,
             "verified_at": m.verification.verified_at.isoformat() if m.verification else None,
             "verification": m.verification.detail if m.verification else None,

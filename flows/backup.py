@@ -9,6 +9,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from tasks.backup.compression import check_level
+from tasks.backup.encryption import parse_recipients
 from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
 from tasks.copies.tasks import check_targets, copy_to_destination
@@ -53,12 +54,20 @@ def backup_database(
     object_lock: ObjectLock = None,
     object_lock_days: ObjectLockDays = None,
     ping_url: PingUrl = None,
+    encrypt_to: Annotated[
+        list[str] | None,
+        Field(
+            description="age public keys (age1..., ssh-ed25519, ssh-rsa) or files of them to "
+            "encrypt to; default DBOPS_AGE_RECIPIENTS, else unencrypted"
+        ),
+    ] = None,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
     if format not in ("plain", "custom"):
         raise ParameterError("format", f"{format!r} is unknown; use plain or custom")
     level = check_level(compression, level)
+    parse_recipients(encrypt_to or [])  # a malformed key is refused before anything is written
     s3 = s3_with_lock(s3, object_lock, object_lock_days)
     if copy_to:
         check_targets(backup_url, s3, copy_to)
@@ -74,6 +83,7 @@ def backup_database(
         labels or [],
         include_globals,
         slot_wait_seconds,
+        encrypt_to,
     )
     backup_completed(manifest, backup_url, s3)
     if copy_to:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tasks.backup.encryption import AGE_SUFFIX, AgeIdentity, Encryption, require_identity
 from tasks.backup.identity import group_by_server, identify_server, in_the_future
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests, read_manifest
 from tasks.core.errors import DbopsError, NotFoundError, ParameterError
@@ -30,10 +32,21 @@ class BackupSource:
     format: str
     compression: str
     manifest: Manifest | None = None
+    encryption: Encryption | None = None  # age-encrypted objects: read with `identity`
+    identity: AgeIdentity | None = None
 
     @property
     def url(self) -> str:
         return self.destination.url_for(self.dump_name)
+
+
+def with_identity(source: BackupSource, reference: str | None) -> BackupSource:
+    """The source with the identity that decrypts it (a file or secret://BLOCK), checked
+    against its recipients; a plain backup as it is. Called before any work is done."""
+    if source.encryption is None:
+        return source
+    identity = require_identity(source.encryption, reference, source.url)
+    return dataclasses.replace(source, identity=identity)
 
 
 def _split(source: str) -> tuple[str, str]:
@@ -75,9 +88,10 @@ def resolve_source(
         return _from_manifest(destination, read_manifest(destination, name))
     if destination.exists(name + MANIFEST_SUFFIX):  # a backup id
         return _from_manifest(destination, read_manifest(destination, name + MANIFEST_SUFFIX))
+    plain_name = name.removesuffix(AGE_SUFFIX)  # `age -d` gives what the rest names
     for suffix, (fmt, compression) in FOREIGN_SUFFIXES.items():
-        if name.endswith(suffix):
-            backup_id = name[: -len(suffix)]
+        if plain_name.endswith(suffix):
+            backup_id = plain_name[: -len(suffix)]
             if destination.exists(backup_id + MANIFEST_SUFFIX):
                 manifest = read_manifest(destination, backup_id + MANIFEST_SUFFIX)
                 if manifest.dump.name == name:
@@ -86,10 +100,11 @@ def resolve_source(
                 raise DbopsError(
                     f"{destination.url_for(name)} does not exist; `dbops list` shows the backups"
                 )
-            return BackupSource(destination, name, fmt, compression)
+            encryption = Encryption() if name != plain_name else None
+            return BackupSource(destination, name, fmt, compression, encryption=encryption)
     raise DbopsError(
         f"{source!r} is not a backup: expected `latest`, a backup id, a .manifest.json, "
-        "or a .sql, .sql.gz, .sql.zst or .dump file"
+        "or a .sql, .sql.gz, .sql.zst or .dump file (each may end in .age)"
     )
 
 
@@ -101,7 +116,14 @@ def _from_manifest(destination: Destination, manifest: Manifest) -> BackupSource
         )
     # A parallel backup's dump is its schema archive; its data objects say their compression.
     compression = "none" if manifest.format in ("custom", "parallel") else manifest.compression
-    return BackupSource(destination, manifest.dump.name, manifest.format, compression, manifest)
+    return BackupSource(
+        destination,
+        manifest.dump.name,
+        manifest.format,
+        compression,
+        manifest,
+        encryption=manifest.encryption,
+    )
 
 
 def choose_latest(

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from tasks.backup.encryption import Encryption
 from tasks.backup.identity import ServerIdentity, server_key
 from tasks.core.errors import DbopsError, first_line
 from tasks.storage.destinations import Destination
@@ -78,6 +79,9 @@ class Manifest(BaseModel):
         description="a parallel backup's data objects; its `dump` is then the schema archive",
     )
     jobs: int | None = Field(None, description="workers that took a parallel backup")
+    encryption: Encryption | None = Field(
+        None, description="age: every object is encrypted to these recipients (fingerprints)"
+    )
     started_at: datetime
     finished_at: datetime
     duration_seconds: float

@@ -23,6 +23,7 @@ import psycopg
 
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
+from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
 from tasks.backup.row_counts import CopyRowCounter, count_in_snapshot, user_tables
@@ -142,8 +143,10 @@ def stream_command_to(
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
     stdin_data: bytes | None = None,
+    recipients: Recipients | None = None,
 ) -> StreamStats:
-    """Run command and store its stdout, compressed, as one complete object or none at all.
+    """Run command and store its stdout, compressed (then age-encrypted to `recipients`), as one
+    complete object or none at all; the SHA-256 is of the stored bytes.
 
     `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump);
     `stdin_data` is written to the command's input (pg_dump --filter=-)."""
@@ -167,7 +170,10 @@ def stream_command_to(
             writer.start()
             try:
                 chunks = _read_chunks(process.stdout, stats, progress, inspect)
-                for piece in compress_stream(chunks, compression, level):
+                pieces = compress_stream(chunks, compression, level)
+                if recipients is not None:
+                    pieces = encrypt_chunks(pieces, recipients)
+                for piece in pieces:
                     writer.put(piece)
             finally:
                 writer.finish()
@@ -247,6 +253,7 @@ class BackupRequest:
     include_globals: bool = False
     jobs: int = 2  # parallel format: workers, each its own connection in the one snapshot
     chunk_bytes: int = 1024**3  # parallel format: tables larger than this go in chunks
+    recipients: Recipients | None = None  # age public keys; None: stored unencrypted
 
 
 def custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
@@ -264,13 +271,10 @@ def custom_format_compress_option(tool: ClientTool, compression: str, level: int
 
 def run_backup(request: BackupRequest, progress: ProgressCallback | None = None) -> Manifest:
     """Dump one database consistently and store it as a complete backup (dump + manifest)."""
-    if request.format == "parallel":
-        from tasks.backup.parallel import run_parallel_backup
-
-        return run_parallel_backup(request, progress)
     info = request.conn
     request.destination.check_writable()
-    suffix = dump_suffix(request.format, request.compression)
+    after = AGE_SUFFIX if request.recipients else ""
+    suffix = dump_suffix(request.format, request.compression) + after
     written: list[str] = []
     with info.connect() as snapshot_conn:
         major, full_version = server_version(snapshot_conn)
@@ -290,7 +294,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
             command += ["--format=plain"]
             stream_compression = request.compression
         started_at = datetime.now(UTC)
-        suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [suffix]
+        suffixes = ([GLOBALS_SUFFIX + after] if request.include_globals else []) + [suffix]
         claim = claim_backup_id(request.destination, info.dbname, started_at, suffixes, identity)
         backup_id = claim.backup_id
         tables = user_tables(snapshot_conn)
@@ -323,6 +327,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     info.password,
                     progress,
                     stream_counter.feed if stream_counter else None,
+                    request.recipients,
                 )
             except LockTableFullError:
                 raise lock_table_advice(snapshot_conn) from None
@@ -357,6 +362,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     raw_size=stats.raw_bytes,
                 ),
                 globals=globals_info,
+                encryption=request.recipients.encryption() if request.recipients else None,
                 started_at=started_at,
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),
@@ -385,7 +391,7 @@ def dump_globals(
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
     info = request.conn
     pg_dumpall = find_client_tool("pg_dumpall", major)
-    name = backup_id + GLOBALS_SUFFIX
+    name = backup_id + GLOBALS_SUFFIX + (AGE_SUFFIX if request.recipients else "")
     stats = stream_command_to(
         [pg_dumpall.path, "--no-password", "--globals-only", "-l", info.dbname],
         info.child_env(),
@@ -394,6 +400,7 @@ def dump_globals(
         "gzip",
         6,
         info.password,
+        recipients=request.recipients,
     )
     written.append(name)
     return ObjectInfo(

@@ -69,6 +69,15 @@ ObjectLockDays = Annotated[
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 
+AgeIdentityFile = Annotated[
+    str | None,
+    Field(
+        description="age identity that decrypts an encrypted backup: a file on the worker or "
+        "secret://BLOCK, never the key itself; default DBOPS_AGE_IDENTITY"
+    ),
+]
+"""Only a reference: Prefect stores parameters with the run, so the key never is one."""
+
 SlotWait = Annotated[
     float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
 ]

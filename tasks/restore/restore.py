@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from tasks.application.window import ApplicationReport
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
+from tasks.backup.encryption import decrypting
 from tasks.backup.row_counts import table_row_counts
 from tasks.core.children import spawn
 from tasks.core.client_tools import find_client_tool
@@ -168,9 +169,16 @@ def stream_into(
     tool = command[0].rsplit("/", 1)[-1]
     verified = False
     try:
-        with source.destination.open_read(source.dump_name) as raw:
-            reader = HashingReader(raw)
-            decompressor = DecompressingReader(reader, source.compression)
+        with (
+            source.destination.open_read(source.dump_name) as raw,
+            decrypting(
+                reader := HashingReader(raw),
+                source.identity,
+                source.encryption is not None,
+                source.url,
+            ) as plain,
+        ):
+            decompressor = DecompressingReader(plain, source.compression)
             held = decompressor.read_chunk(CHUNK_SIZE)
             while held:
                 following = decompressor.read_chunk(CHUNK_SIZE)
