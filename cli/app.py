@@ -42,6 +42,7 @@ BackupUrl = Annotated[
         "--to", help="s3://bucket/prefix or a directory; default $BACKUP_URL or ./backups"
     ),
 ]
+JobsOption = Annotated[int, typer.Option("--jobs", min=1, max=64, help=describe(parameters.Jobs))]
 FromServer = Annotated[
     str | None,
     typer.Option(help=describe(parameters.FromServer), show_default=False),

@@ -11,6 +11,7 @@ import typer
 from cli.app import (
     BackupUrl,
     DatabaseUrl,
+    JobsOption,
     JsonFlag,
     ObjectLockDaysOption,
     ObjectLockOption,
@@ -31,7 +32,11 @@ from tasks.core.parameters import PingUrl, describe
 def backup(
     database_url: DatabaseUrl = None,
     to: BackupUrl = None,
-    format: Annotated[Literal["plain", "custom"], typer.Option(help="pg_dump format")] = "plain",
+    format: Annotated[
+        Literal["plain", "custom", "parallel"],
+        typer.Option(help="pg_dump format, or parallel: one object per table, N workers"),
+    ] = "plain",
+    jobs: JobsOption = 2,
     compression: Annotated[
         Literal["gzip", "zstd", "none"], typer.Option(help="compression of the dump")
     ] = "gzip",
@@ -79,6 +84,7 @@ def backup(
         backup_database,
         backup_url=to,
         format=format,
+        jobs=jobs,
         compression=compression,
         level=level,
         labels=label or [],

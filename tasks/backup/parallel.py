@@ -24,6 +24,7 @@ from psycopg import sql
 
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream, default_threads
+from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import DataObject, Manifest, ObjectInfo, dump_suffix, write_manifest
 from tasks.backup.pipeline import (
@@ -98,11 +99,11 @@ class TablePart:
 
 
 def plan_parts(
-    conn: psycopg.Connection, backup_id: str, compression: str, chunk_bytes: int
+    conn: psycopg.Connection, backup_id: str, compression: str, chunk_bytes: int, after: str = ""
 ) -> list[TablePart]:
     """Every user table as one part, or several ctid ranges when it is over `chunk_bytes`.
     The last range has no end, so rows on pages added since the size was read are kept."""
-    suffix = ".copy" + COMPRESSED_SUFFIX[compression]
+    suffix = ".copy" + COMPRESSED_SUFFIX[compression] + after
     parts: list[TablePart] = []
     for index, (schema, table, size, block, columns) in enumerate(conn.execute(PLAN_QUERY), 1):
         pages = int(size) // int(block)
@@ -164,6 +165,7 @@ class _Copier:
     level: int
     threads: int
     progress: ProgressCallback | None
+    recipients: Recipients | None = None
     failed: threading.Event = field(default_factory=threading.Event)
     raw_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -230,22 +232,22 @@ class _Copier:
                 sql.Identifier(part.schema, part.table)
             )
         )
-        with (
-            self.destination.open_write(part.name) as sink,
-            conn.cursor() as cursor,
-            cursor.copy(part.query()) as copy,
-        ):
-            for piece in compress_stream(
-                self._batches(copy, rows), self.compression, self.level, self.threads
-            ):
-                hasher.update(piece)
-                sink.write(piece)
-                stored += len(piece)
-        if cursor.rowcount not in (-1, rows[0]):
-            raise DbopsError(
-                f"COPY of {part.schema}.{part.table} reported {cursor.rowcount} rows but the "
-                f"stream held {rows[0]}; no backup was stored"
-            )
+        with self.destination.open_write(part.name) as sink, conn.cursor() as cursor:
+            with cursor.copy(part.query()) as copy:
+                pieces = compress_stream(
+                    self._batches(copy, rows), self.compression, self.level, self.threads
+                )
+                if self.recipients is not None:
+                    pieces = encrypt_chunks(pieces, self.recipients)
+                for piece in pieces:
+                    hasher.update(piece)
+                    sink.write(piece)
+                    stored += len(piece)
+            if cursor.rowcount != rows[0]:  # inside the write: a mismatch stores nothing
+                raise DbopsError(
+                    f"COPY of {part.schema}.{part.table} reported {cursor.rowcount} rows but "
+                    f"the stream held {rows[0]}; no backup was stored"
+                )
         return DataObject(
             name=part.name,
             size=stored,
@@ -269,7 +271,9 @@ def _exclusions(pg_dump: ClientTool, parts: list[TablePart]) -> tuple[list[str],
     return [f"--exclude-table-data={p}" for p in patterns], None
 
 
-def run_parallel_backup(request: BackupRequest, progress: ProgressCallback | None) -> Manifest:
+def run_parallel_backup(
+    request: BackupRequest, progress: ProgressCallback | None = None
+) -> Manifest:
     """Schema, the rest of the data section and every table's rows, then the manifest."""
     info = request.conn
     destination = request.destination
@@ -285,9 +289,10 @@ def run_parallel_backup(request: BackupRequest, progress: ProgressCallback | Non
         snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = str(snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
         started_at = datetime.now(UTC)
-        parts = plan_parts(snapshot_conn, "ID", request.compression, request.chunk_bytes)
-        rest_suffix = ".data.sql" + COMPRESSED_SUFFIX[request.compression]
-        schema_suffix = dump_suffix("parallel", request.compression)
+        after = AGE_SUFFIX if request.recipients else ""
+        parts = plan_parts(snapshot_conn, "ID", request.compression, request.chunk_bytes, after)
+        rest_suffix = ".data.sql" + COMPRESSED_SUFFIX[request.compression] + after
+        schema_suffix = dump_suffix("parallel", request.compression) + after
         suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [
             schema_suffix,
             rest_suffix,
@@ -305,6 +310,7 @@ def run_parallel_backup(request: BackupRequest, progress: ProgressCallback | Non
             request.level,
             max(1, default_threads() // jobs),
             progress,
+            request.recipients,
         )
         try:
             try:
@@ -336,6 +342,7 @@ def run_parallel_backup(request: BackupRequest, progress: ProgressCallback | Non
                     request.level,
                     info.password,
                     stdin_data=stdin,
+                    recipients=request.recipients,
                 )
                 with copier.lock:
                     written.append(name)
@@ -405,6 +412,7 @@ def run_parallel_backup(request: BackupRequest, progress: ProgressCallback | Non
                     raw_size=schema_stats.raw_bytes,
                 ),
                 globals=globals_info,
+                encryption=request.recipients.encryption() if request.recipients else None,
                 objects=[rest, *objects],
                 jobs=jobs,
                 started_at=started_at,

@@ -35,9 +35,10 @@ def take_backup(
     include_globals: bool = False,
     slot_wait_seconds: float = 3600,
     recipients: Recipients | None = None,
+    jobs: int = 2,
 ) -> Manifest:
     """Dump, store and report one backup under the database's slot (age-encrypted to
-    `recipients` when given)."""
+    `recipients` when given; the parallel format by `jobs` workers)."""
     logger = get_run_logger()
     info = settings.connection()
     destination = settings.destination()
@@ -47,7 +48,8 @@ def take_backup(
         size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
     progress = ProgressReporter(size, f"Dumping {info.dbname}")
     with database_slot(info, slot_wait_seconds):  # never beside another heavy job on it
-        manifest = run_backup(
+        run = run_parallel_backup if format == "parallel" else run_backup
+        manifest = run(
             BackupRequest(
                 conn=info,
                 destination=destination,
@@ -57,6 +59,7 @@ def take_backup(
                 labels=labels,
                 include_globals=include_globals,
                 recipients=recipients,
+                jobs=jobs,
             ),
             progress=progress,
         )
@@ -83,6 +86,7 @@ def dump_database(
     include_globals: bool,
     slot_wait_seconds: float = 3600,
     encrypt_to: list[str] | None = None,
+    jobs: int = 2,
 ) -> Manifest:
     """Settings are loaded here, not in the flow, so a password never passes through Prefect.
     `encrypt_to` holds public keys or paths of files of them (else DBOPS_AGE_RECIPIENTS)."""
@@ -97,6 +101,7 @@ def dump_database(
         include_globals,
         slot_wait_seconds,
         recipients,
+        jobs,
     )
 
 

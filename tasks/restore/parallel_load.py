@@ -27,6 +27,7 @@ from psycopg import sql
 
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
+from tasks.backup.encryption import decrypting
 from tasks.backup.manifest import DataObject, Manifest
 from tasks.core.children import spawn
 from tasks.core.errors import (
@@ -39,7 +40,7 @@ from tasks.core.errors import (
 from tasks.core.postgres import ConnInfo
 from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
 from tasks.restore.readback import check_stored
-from tasks.restore.restore import (
+from tasks.restore.streaming import (
     SURROUNDINGS_CLASSES,
     psql_command,
     restore_command,
@@ -69,9 +70,14 @@ def fetch_schema(source: BackupSource, directory: Path) -> Path:
     """The schema archive in a local file (pg_restore -j seeks in it), checked first."""
     manifest = _manifest(source)
     path = directory / "schema.dump"
-    with source.destination.open_read(manifest.dump.name) as raw, path.open("wb") as out:
-        reader = HashingReader(raw)
-        while chunk := reader.read(CHUNK_SIZE):
+    with (
+        source.destination.open_read(manifest.dump.name) as raw,
+        decrypting(
+            reader := HashingReader(raw), source.identity, source.encryption is not None, source.url
+        ) as plain,
+        path.open("wb") as out,
+    ):
+        while chunk := plain.read(CHUNK_SIZE):
             out.write(chunk)
     check_stored(source.url, reader, manifest.dump, ADVICE)
     return path
@@ -130,24 +136,28 @@ def load_object(source: BackupSource, obj: DataObject, conn: psycopg.Connection)
     try:
         with (
             source.destination.open_read(obj.name) as raw,
+            decrypting(
+                reader := HashingReader(raw), source.identity, source.encryption is not None, where
+            ) as plain,
             conn.cursor() as cursor,
-            cursor.copy(query) as copy,
         ):
-            reader = HashingReader(raw)
-            decompressor = DecompressingReader(reader, manifest.compression)
-            held = decompressor.read_chunk(CHUNK_SIZE)
-            while True:
-                following = decompressor.read_chunk(CHUNK_SIZE) if held else b""
-                if not following:
-                    check_stored(where, reader, obj, ADVICE)
-                if held:
-                    copy.write(held)
-                if not following:
-                    break
-                held = following
-        rows = cursor.rowcount
+            with cursor.copy(query) as copy:
+                decompressor = DecompressingReader(plain, manifest.compression)
+                held = decompressor.read_chunk(CHUNK_SIZE)
+                while True:
+                    following = decompressor.read_chunk(CHUNK_SIZE) if held else b""
+                    if not following:
+                        check_stored(where, reader, obj, ADVICE)
+                    if held:
+                        copy.write(held)
+                    if not following:
+                        break
+                    held = following
+            rows = cursor.rowcount
     except BackupFaultError as exc:
-        raise BackupFaultError(f"{where}: {exc}" if where not in str(exc) else str(exc), exc.check)
+        if where in str(exc):
+            raise
+        raise BackupFaultError(f"{where}: {exc}", exc.check) from None
     except psycopg.Error as exc:
         raise copy_failure(exc, where) from None
     if rows != obj.rows:

@@ -23,8 +23,8 @@ from tasks.core.children import spawn
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.core.postgres import ConnInfo
 from tasks.core.streams import CHUNK_SIZE, StderrTail
-from tasks.restore.restore import psql_command, restore_command, stream_into, tool_failure
 from tasks.restore.sql_filter import Selection, TableFilter
+from tasks.restore.streaming import psql_command, restore_command, stream_into, tool_failure
 
 
 @dataclass(frozen=True)
