@@ -142,8 +142,8 @@ def stream_command_to(
     secret: str | None,
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
-    stdin_data: bytes | None = None,
     recipients: Recipients | None = None,
+    stdin_data: bytes | None = None,
 ) -> StreamStats:
     """Run command and store its stdout, compressed (then age-encrypted to `recipients`), as one
     complete object or none at all; the SHA-256 is of the stored bytes.
