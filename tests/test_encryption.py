@@ -19,8 +19,10 @@ from flows.backup import backup_database
 from flows.restore import restore_database
 from flows.restore_tables import restore_tables
 from flows.verify import verify_backup
+from tasks.core.client_tools import find_client_tool
 from tasks.core.postgres import ConnInfo
 from tests.conftest import content_checksums, new_database, psql, run_cli
+from tests.faults import dying_pg_dump, write_script
 from tests.prefect_records import flow_run_ids, records_text
 
 AGE_MAGIC = b"age-encryption.org/v1"
@@ -49,6 +51,17 @@ def failed(flow, **kwargs) -> str:
     return state.message
 
 
+def spying_tools(bin_dir: Path, log: Path) -> Path:
+    """psql and pg_restore that write their argv and environment to `log`, then run."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("psql", "pg_restore"):
+        real = find_client_tool(name, 18).path
+        write_script(
+            bin_dir / name, f'{{ echo "{name} $*"; env; }} >> "{log}"\nexec "{real}" "$@"\n'
+        )
+    return bin_dir
+
+
 def marked_target(pg) -> str:
     """A non-empty target whose marker a committed restore would replace."""
     url = new_database(pg, "target")
@@ -61,7 +74,7 @@ def marker_intact(url: str) -> bool:
 
 
 def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
-    prefect, pg, sample_db, bucket, s3_client, s3_server, tmp_path
+    prefect, pg, sample_db, bucket, s3_client, s3_server, tmp_path, monkeypatch
 ):
     public, secret = keypair(tmp_path / "key.txt")
     other_public, _ = keypair(tmp_path / "other.txt")
@@ -114,18 +127,23 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     ).stdout
     assert b"CREATE ROLE" in roles
 
-    # dbops restores with the identity file; verify, with the other identity from a Secret
-    # block, proves decryption (dump and globals).
-    restored = new_database(pg, "restored")
-    result = completed(
-        restore_database,
-        source=manifest.backup_id,
-        database_url=restored,
-        backup_url=f"s3://{bucket}/enc",
-        identity=str(tmp_path / "key.txt"),
-    )
+    # dbops restores with the identity file, decrypting in-process: psql's argv and
+    # environment never hold the key. Verify, with the other identity from a Secret block,
+    # proves decryption (dump and globals).
+    spied = tmp_path / "children.log"
+    with monkeypatch.context() as patch:
+        patch.setenv("PG_BIN_DIR", str(spying_tools(tmp_path / "spy", spied)))
+        restored = new_database(pg, "restored")
+        result = completed(
+            restore_database,
+            source=manifest.backup_id,
+            database_url=restored,
+            backup_url=f"s3://{bucket}/enc",
+            identity=str(tmp_path / "key.txt"),
+        )
     assert result.checksum_verified
     assert content_checksums(restored) == content_checksums(sample_db)
+    assert spied.read_text().startswith("psql ") and "AGE-SECRET-KEY" not in spied.read_text()
     block = f"age-identity-{uuid.uuid4().hex[:8]}"
     Secret(value=(tmp_path / "other.txt").read_text()).save(block)
     record = completed(
@@ -170,32 +188,54 @@ def test_encrypted_backup_restores_with_stock_tools_and_dbops_only_with_the_key(
     assert "truncated" in message
     assert marker_intact(target)
 
-    # A custom-format archive, encrypted, gives single tables back with the key.
+    # A custom-format archive, encrypted to DBOPS_AGE_RECIPIENTS, gives single tables back
+    # with DBOPS_AGE_IDENTITY; a verify with the wrong key fails the run and records nothing.
+    monkeypatch.setenv("DBOPS_AGE_RECIPIENTS", f"{recipients_file},{public}")
+    custom_dir = tmp_path / "custom"
     custom = completed(
-        backup_database,
-        database_url=sample_db,
-        backup_url=str(tmp_path / "custom"),
-        format="custom",
-        encrypt_to=[public],
+        backup_database, database_url=sample_db, backup_url=str(custom_dir), format="custom"
     )
     assert custom.dump.name.endswith(".dump.age")
-    assert (tmp_path / "custom" / custom.dump.name).read_bytes().startswith(AGE_MAGIC)
+    assert set(custom.encryption.recipients) == set(manifest.encryption.recipients)
+    assert (custom_dir / custom.dump.name).read_bytes().startswith(AGE_MAGIC)
+    message = failed(
+        verify_backup,
+        source=custom.backup_id,
+        database_url=sample_db,
+        backup_url=str(custom_dir),
+        identity=str(tmp_path / "wrong.txt"),
+    )
+    assert "not a recipient" in message
+    assert not list(custom_dir.glob("*.verified.json"))
+    monkeypatch.setenv("DBOPS_AGE_IDENTITY", str(tmp_path / "key.txt"))
     tables_into = new_database(pg, "tables")
     completed(
         restore_tables,
         source=custom.backup_id,
         tables=["public.User"],
         database_url=tables_into,
-        backup_url=str(tmp_path / "custom"),
-        identity=str(tmp_path / "key.txt"),
+        backup_url=str(custom_dir),
     )
     assert (
         content_checksums(tables_into)["public.User"] == content_checksums(sample_db)["public.User"]
     )
 
+    # A pg_dump killed half way leaves nothing, encrypted or not (age's end is no backup's).
+    with monkeypatch.context() as patch:
+        patch.setenv("PG_BIN_DIR", str(dying_pg_dump(tmp_path / "dying")))
+        message = failed(
+            backup_database,
+            database_url=sample_db,
+            backup_url=str(tmp_path / "cut"),
+            encrypt_to=[public],
+        )
+    assert "pg_dump failed" in message and "no backup was stored" in message
+    assert list((tmp_path / "cut").iterdir()) == []
+
     # The secret keys are in no parameter, state message, log or artifact of these runs.
     records = records_text(flow_run_ids() - before)
     assert "encrypted with age" in records  # the records were read
+    assert f"age to {', '.join(manifest.encryption.recipients)}" in records  # the report
     assert secret not in records and wrong_secret not in records
     assert "AGE-SECRET-KEY" not in records
 

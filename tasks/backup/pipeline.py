@@ -9,6 +9,7 @@ deleted temporary file) and no manifest is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import subprocess
@@ -171,10 +172,13 @@ def stream_command_to(
             try:
                 chunks = _read_chunks(process.stdout, stats, progress, inspect)
                 pieces = compress_stream(chunks, compression, level)
-                if recipients is not None:
-                    pieces = encrypt_chunks(pieces, recipients)
-                for piece in pieces:
-                    writer.put(piece)
+                with (
+                    contextlib.closing(encrypt_chunks(pieces, recipients))
+                    if recipients is not None
+                    else contextlib.nullcontext(pieces)
+                ) as stored:  # a failed write stops the age thread at once
+                    for piece in stored:
+                        writer.put(piece)
             finally:
                 writer.finish()
             code = process.wait()

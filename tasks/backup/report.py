@@ -34,6 +34,12 @@ def backup_table(manifest: Manifest, location: str) -> list[dict[str, object]]:
         {"item": "tables", "value": len(manifest.row_counts)},
         {"item": "rows", "value": sum(manifest.row_counts.values())},
         {"item": "sha256", "value": manifest.dump.sha256},
+        {
+            "item": "encryption",
+            "value": "age to " + ", ".join(manifest.encryption.recipients)
+            if manifest.encryption
+            else "none",
+        },
         {"item": "labels", "value": ", ".join(manifest.labels) or "-"},
     ]
     return rows
