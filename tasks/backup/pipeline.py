@@ -256,7 +256,7 @@ class BackupRequest:
     labels: list[str] = field(default_factory=list)
     include_globals: bool = False
     jobs: int = 2  # parallel format: workers, each its own connection in the one snapshot
-    chunk_bytes: int = 1024**3  # parallel format: tables larger than this go in chunks
+    chunk_bytes: int = 128 * 1024**2  # parallel format: tables larger go in ctid chunks
     recipients: Recipients | None = None  # age public keys; None: stored unencrypted
 
 

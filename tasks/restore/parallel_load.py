@@ -42,6 +42,7 @@ from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
 from tasks.restore.readback import check_stored
 from tasks.restore.streaming import (
     SURROUNDINGS_CLASSES,
+    ChunkFilter,
     psql_command,
     restore_command,
     stream_into,
@@ -169,12 +170,19 @@ def load_object(source: BackupSource, obj: DataObject, conn: psycopg.Connection)
     return rows
 
 
-def load_rest(source: BackupSource, obj: DataObject, into: ConnInfo, major: int, secret) -> None:
+def load_rest(
+    source: BackupSource,
+    obj: DataObject,
+    into: ConnInfo,
+    major: int,
+    secret: str | None,
+    transform: ChunkFilter | None = None,
+) -> None:
     """Sequence values, large objects and other non-table data: pg_dump's SQL into psql."""
     manifest = _manifest(source)
     plain = dataclasses.replace(source, dump_name=obj.name, compression=manifest.compression)
     psql = [part.replace("{dbname}", into.dbname) for part in psql_command(major)]
-    stream_into(plain, psql, into.child_env(), secret, expected=obj)
+    stream_into(plain, psql, into.child_env(), secret, transform, expected=obj)
 
 
 def load_data(
@@ -184,8 +192,10 @@ def load_data(
     secret: str | None,
     jobs: int,
     wanted: Callable[[DataObject], bool] = lambda obj: True,
+    transform: ChunkFilter | None = None,
 ) -> DataLoaded:
-    """The data objects `wanted` picks, by `jobs` workers, largest first."""
+    """The data objects `wanted` picks, by `jobs` workers, largest first (`transform`
+    filters the rest of the data section on its way to psql)."""
     manifest = _manifest(source)
     loaded = DataLoaded()
     local = threading.local()
@@ -208,7 +218,7 @@ def load_data(
             return
         try:
             if obj.table is None:
-                load_rest(source, obj, into, major, secret)
+                load_rest(source, obj, into, major, secret, transform)
                 loaded.add(obj.size, None, 0)
             else:
                 loaded.add(obj.size, obj.table, load_object(source, obj, connection()))
