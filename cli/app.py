@@ -43,6 +43,7 @@ BackupUrl = Annotated[
     ),
 ]
 JobsOption = Annotated[int, typer.Option("--jobs", min=1, max=64, help=describe(parameters.Jobs))]
+ChunkMbOption = Annotated[int, typer.Option("--chunk-mb", min=1, help=describe(parameters.ChunkMb))]
 FromServer = Annotated[
     str | None,
     typer.Option(help=describe(parameters.FromServer), show_default=False),

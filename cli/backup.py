@@ -10,6 +10,7 @@ import typer
 
 from cli.app import (
     BackupUrl,
+    ChunkMbOption,
     DatabaseUrl,
     JobsOption,
     JsonFlag,
@@ -37,6 +38,7 @@ def backup(
         typer.Option(help="pg_dump format, or parallel: one object per table, N workers"),
     ] = "plain",
     jobs: JobsOption = 2,
+    chunk_mb: ChunkMbOption = 128,
     compression: Annotated[
         Literal["gzip", "zstd", "none"], typer.Option(help="compression of the dump")
     ] = "gzip",
@@ -85,6 +87,7 @@ def backup(
         backup_url=to,
         format=format,
         jobs=jobs,
+        chunk_mb=chunk_mb,
         compression=compression,
         level=level,
         labels=label or [],
@@ -132,7 +135,7 @@ def list_backups(
             "in_the_future": in_the_future(m.started_at, now),
             "format": m.format,
             "compression": m.compression,
-            "size": m.dump.size,
+            "size": m.stored_size,
             "dump": m.dump.name,
             "labels": m.labels,
             "encrypted_to": m.encryption.recipients if m.encryption else None,

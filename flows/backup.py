@@ -15,6 +15,7 @@ from tasks.backup.tasks import dump_database
 from tasks.copies.tasks import check_targets, copy_to_destination
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.core.parameters import (
+    ChunkMb,
     DatabaseUrl,
     Jobs,
     ObjectLock,
@@ -66,6 +67,7 @@ def backup_database(
         ),
     ] = None,
     jobs: Jobs = 2,
+    chunk_mb: ChunkMb = 128,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
@@ -90,6 +92,7 @@ def backup_database(
         slot_wait_seconds,
         encrypt_to,
         jobs,
+        chunk_mb,
     )
     backup_completed(manifest, backup_url, s3)
     if copy_to:

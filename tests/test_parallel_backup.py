@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backup.manifest import MANIFEST_SUFFIX, list_manifests
-from tasks.backup.parallel import run_parallel_backup
-from tasks.backup.pipeline import BackupRequest
+from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
 from tasks.backup.row_counts import table_row_counts
 from tasks.core.errors import BackupFaultError
 from tasks.core.postgres import ConnInfo
@@ -31,7 +29,7 @@ EXTRAS = """
 CREATE TABLE empty_one (id integer PRIMARY KEY, note text);
 CREATE TABLE loose (a integer, b text, doubled integer GENERATED ALWAYS AS (a * 2) STORED);
 INSERT INTO loose (a, b)
-SELECT i, repeat('x', i % 50) || E'\\n\\ttab\\\\' || i FROM generate_series(1, 20000) i;
+SELECT i, repeat('x', i % 100) || E'\\n\\ttab\\\\' || i FROM generate_series(1, 30000) i;
 SELECT nextval('billing.invoice_number') FROM generate_series(1, 3);
 """
 
@@ -55,17 +53,18 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
     psql(rich_db, "-q", "-c", EXTRAS)
     url = f"s3://{bucket}/parallel"
     destination = Destination.from_url(url, s3_options_from_env())
-    manifest = run_parallel_backup(
-        BackupRequest(
-            ConnInfo.parse(rich_db), destination, "parallel", jobs=2, chunk_bytes=128 * 1024
-        )
-    )
+    backed_up = invoke_dbops(
+        "backup", "--format", "parallel", "--jobs", "2", "--chunk-mb", "1", "--to", url,
+        "--database-url", rich_db, "--json",
+    )  # fmt: skip
+    assert backed_up.exit_code == 0, backed_up.output
+    manifest = Manifest.model_validate(json.loads(backed_up.output))
 
     # One object per table, the large one in ctid chunks, rows counted from the stream.
     assert manifest.format == "parallel" and manifest.jobs == 2
     loose = [o for o in manifest.objects if o.table == "public.loose"]
     assert len(loose) > 1 and all(o.chunk for o in loose)
-    assert sum(o.rows or 0 for o in loose) == manifest.row_counts["public.loose"] == 20000
+    assert sum(o.rows or 0 for o in loose) == manifest.row_counts["public.loose"] == 30000
     assert manifest.row_counts["public.empty_one"] == 0
     with ConnInfo.parse(rich_db).connect() as conn:
         assert manifest.row_counts == table_row_counts(conn)

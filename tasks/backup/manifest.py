@@ -101,6 +101,16 @@ class Manifest(BaseModel):
         return self.backup_id + MANIFEST_SUFFIX
 
     @property
+    def stored_size(self) -> int:
+        """Bytes stored of the dump and, in a parallel backup, every data object."""
+        return self.dump.size + sum(obj.size for obj in self.objects)
+
+    @property
+    def raw_size(self) -> int:
+        """Bytes before compression, as far as recorded."""
+        return (self.dump.raw_size or 0) + sum(obj.raw_size or 0 for obj in self.objects)
+
+    @property
     def server_key(self) -> str:
         return server_key(self.server)
 

@@ -40,7 +40,7 @@ from tasks.backup.pipeline import (
 from tasks.backup.row_counts import USER_TABLES
 from tasks.core.client_tools import ClientTool, find_client_tool
 from tasks.core.errors import DbopsError, LockTableFullError, first_line
-from tasks.core.postgres import ConnInfo, server_version
+from tasks.core.postgres import ConnInfo, free_connection_slots, server_version
 from tasks.core.streams import CHUNK_SIZE
 from tasks.storage.destinations import Destination
 
@@ -131,15 +131,7 @@ def plan_parts(
 
 def usable_jobs(conn: psycopg.Connection, jobs: int) -> int:
     """At most half the connection slots left (each worker may run a pg_dump beside it)."""
-    row = conn.execute(
-        """
-        SELECT current_setting('max_connections')::int
-               - current_setting('superuser_reserved_connections')::int
-               - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
-        """
-    ).fetchone()
-    free = int(row[0]) if row else 0  # type: ignore[index]
-    return max(1, min(jobs, free // 2))
+    return max(1, min(jobs, free_connection_slots(conn) // 2))
 
 
 def lock_tables(conn: psycopg.Connection, parts: list[TablePart]) -> None:
@@ -193,11 +185,10 @@ class _Copier:
             conn.close()
 
     def _count(self, size: int) -> None:
-        with self.lock:
+        with self.lock:  # one progress call at a time, whichever worker
             self.raw_bytes += size
-            total = self.raw_bytes
-        if self.progress:
-            self.progress(total)
+            if self.progress:
+                self.progress(self.raw_bytes)
 
     def _batches(self, copy: psycopg.Copy, rows: list[int]) -> Iterator[bytes]:
         """COPY's rows joined into CHUNK_SIZE pieces; rows counted at C speed (one line each)."""

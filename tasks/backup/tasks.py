@@ -36,6 +36,7 @@ def take_backup(
     slot_wait_seconds: float = 3600,
     recipients: Recipients | None = None,
     jobs: int = 2,
+    chunk_mb: int = 128,
 ) -> Manifest:
     """Dump, store and report one backup under the database's slot (age-encrypted to
     `recipients` when given; the parallel format by `jobs` workers)."""
@@ -60,6 +61,7 @@ def take_backup(
                 include_globals=include_globals,
                 recipients=recipients,
                 jobs=jobs,
+                chunk_bytes=chunk_mb * 1024 * 1024,
             ),
             progress=progress,
         )
@@ -67,7 +69,7 @@ def take_backup(
     location = destination.url_for(manifest.dump.name)
     publish_backup_report(manifest, location)
     logger.info(
-        "Stored %s (%d bytes, sha256 %s)", location, manifest.dump.size, manifest.dump.sha256
+        "Stored %s (%d bytes, sha256 %s)", location, manifest.stored_size, manifest.dump.sha256
     )
     if manifest.encryption is not None:
         logger.info("Encrypted with age to %s", ", ".join(manifest.encryption.recipients))
@@ -87,6 +89,7 @@ def dump_database(
     slot_wait_seconds: float = 3600,
     encrypt_to: list[str] | None = None,
     jobs: int = 2,
+    chunk_mb: int = 128,
 ) -> Manifest:
     """Settings are loaded here, not in the flow, so a password never passes through Prefect.
     `encrypt_to` holds public keys or paths of files of them (else DBOPS_AGE_RECIPIENTS)."""
@@ -102,6 +105,7 @@ def dump_database(
         slot_wait_seconds,
         recipients,
         jobs,
+        chunk_mb,
     )
 
 
@@ -121,7 +125,7 @@ def backup_one(
         return FleetBackup(
             database=database_url,
             backup_id=manifest.backup_id,
-            size=manifest.dump.size,
+            size=manifest.stored_size,
             seconds=round(time.monotonic() - started, 1),
         )
     parameters = {"database_url": database_url}

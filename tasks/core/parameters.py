@@ -89,6 +89,15 @@ Jobs = Annotated[
 ]
 """Backup and restore of the parallel format (backup/parallel.py, restore/parallel_load.py)."""
 
+ChunkMb = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="parallel format: a table larger than this on disk (MiB) is stored in "
+        "ctid ranges of about this size, one object each, so loaders share it",
+    ),
+]
+
 SlotWait = Annotated[
     float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
 ]

@@ -37,7 +37,7 @@ from tasks.core.errors import (
     SurroundingsError,
     first_line,
 )
-from tasks.core.postgres import ConnInfo
+from tasks.core.postgres import ConnInfo, free_connection_slots
 from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
 from tasks.restore.readback import check_stored
 from tasks.restore.streaming import (
@@ -244,7 +244,10 @@ def load_data(
 def load_parallel(
     source: BackupSource, into: ConnInfo, major: int, secret: str | None, jobs: int
 ) -> DataLoaded:
-    """The whole backup into the empty database `into`: pre-data, data, post-data."""
+    """The whole backup into the empty database `into`: pre-data, data, post-data, by at most
+    `jobs` connections at once (fewer when the server has fewer slots free)."""
+    with into.connect() as conn:
+        jobs = max(1, min(jobs, free_connection_slots(conn) - 1))
     with tempfile.TemporaryDirectory(prefix="dbops-schema-") as directory:
         archive = fetch_schema(source, Path(directory))
         restore_section(source, major, archive, into, "pre-data", 1, secret)
