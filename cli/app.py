@@ -42,6 +42,8 @@ BackupUrl = Annotated[
         "--to", help="s3://bucket/prefix or a directory; default $BACKUP_URL or ./backups"
     ),
 ]
+JobsOption = Annotated[int, typer.Option("--jobs", min=1, max=64, help=describe(parameters.Jobs))]
+ChunkMbOption = Annotated[int, typer.Option("--chunk-mb", min=1, help=describe(parameters.ChunkMb))]
 FromServer = Annotated[
     str | None,
     typer.Option(help=describe(parameters.FromServer), show_default=False),

@@ -10,7 +10,9 @@ import typer
 
 from cli.app import (
     BackupUrl,
+    ChunkMbOption,
     DatabaseUrl,
+    JobsOption,
     JsonFlag,
     ObjectLockDaysOption,
     ObjectLockOption,
@@ -31,7 +33,12 @@ from tasks.core.parameters import PingUrl, describe
 def backup(
     database_url: DatabaseUrl = None,
     to: BackupUrl = None,
-    format: Annotated[Literal["plain", "custom"], typer.Option(help="pg_dump format")] = "plain",
+    format: Annotated[
+        Literal["plain", "custom", "parallel"],
+        typer.Option(help="pg_dump format, or parallel: one object per table, N workers"),
+    ] = "plain",
+    jobs: JobsOption = 2,
+    chunk_mb: ChunkMbOption = 128,
     compression: Annotated[
         Literal["gzip", "zstd", "none"], typer.Option(help="compression of the dump")
     ] = "gzip",
@@ -79,6 +86,8 @@ def backup(
         backup_database,
         backup_url=to,
         format=format,
+        jobs=jobs,
+        chunk_mb=chunk_mb,
         compression=compression,
         level=level,
         labels=label or [],
@@ -126,7 +135,7 @@ def list_backups(
             "in_the_future": in_the_future(m.started_at, now),
             "format": m.format,
             "compression": m.compression,
-            "size": m.dump.size,
+            "size": m.stored_size,
             "dump": m.dump.name,
             "labels": m.labels,
             "encrypted_to": m.encryption.recipients if m.encryption else None,

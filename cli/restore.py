@@ -11,6 +11,7 @@ from cli.app import (
     DatabaseUrl,
     FromServer,
     IdentityOption,
+    JobsOption,
     JsonFlag,
     Retries,
     app,
@@ -59,6 +60,7 @@ def restore(
     stop_app_at: StopAppAt = "swap",
     app_timeout: AppTimeout = 300,
     identity: IdentityOption = None,
+    jobs: JobsOption = 2,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into a database (created if missing), or only some of its tables."""
@@ -95,6 +97,7 @@ def restore(
         retries=retries,
         application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
         identity=identity,
+        jobs=jobs,
     )
     human = f"restored {result.source} into {result.target}"
     if result.application and result.application.downtime_seconds is not None:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from tasks.application.commands import AppHooksParameter
 from tasks.application.hooks import APPLICATION_HOOKS, merged
-from tasks.core.parameters import AgeIdentityFile, FromServer, SlotWait, documented
+from tasks.core.parameters import AgeIdentityFile, FromServer, Jobs, SlotWait, documented
 from tasks.core.settings import reject_inline_key, reject_inline_password
 from tasks.operations.outcomes import outcome_hooks, restore_completed
 from tasks.restore.report import publish_restore_report
@@ -44,6 +44,7 @@ def restore_database(
     slot_wait_seconds: SlotWait = 3600,
     application: AppHooksParameter = None,
     identity: AgeIdentityFile = None,
+    jobs: Jobs = 2,
 ) -> RestoreResult:
     """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")
@@ -61,6 +62,7 @@ def restore_database(
         from_server,
         application,
         identity=identity,
+        jobs=jobs,
     )
     publish_restore_report(result)
     restore_completed(result, database_url)

@@ -118,7 +118,8 @@ def _from_manifest(destination: Destination, manifest: Manifest) -> BackupSource
             f"backup {manifest.backup_id} is incomplete: {destination.url_for(manifest.dump.name)} "
             "is missing"
         )
-    compression = "none" if manifest.format == "custom" else manifest.compression
+    # A parallel backup's dump is its schema archive; its data objects say their compression.
+    compression = "none" if manifest.format in ("custom", "parallel") else manifest.compression
     return BackupSource(
         destination,
         manifest.dump.name,

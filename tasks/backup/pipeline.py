@@ -124,6 +124,15 @@ def _read_chunks(
         yield chunk
 
 
+def _feed(stdin: IO[bytes] | None, data: bytes) -> None:
+    assert stdin is not None
+    try:
+        with stdin:
+            stdin.write(data)
+    except OSError:
+        pass  # the command stopped early; its exit status says why
+
+
 def stream_command_to(
     command: list[str],
     env: dict[str, str],
@@ -135,18 +144,26 @@ def stream_command_to(
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
     recipients: Recipients | None = None,
+    stdin_data: bytes | None = None,
 ) -> StreamStats:
     """Run command and store its stdout, compressed (then age-encrypted to `recipients`), as one
     complete object or none at all; the SHA-256 is of the stored bytes.
 
-    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump)."""
+    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump);
+    `stdin_data` is written to the command's input (pg_dump --filter=-)."""
     stats = StreamStats()
     started = time.perf_counter()
     process = spawn(  # pg_dump dies with dbops: no orphan keeps the snapshot open
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        command,
+        stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stdout is not None and process.stderr is not None
     tail = StderrTail(process.stderr)
+    if stdin_data is not None:
+        threading.Thread(target=_feed, args=(process.stdin, stdin_data), daemon=True).start()
     tool = command[0].rsplit("/", 1)[-1]
     try:
         with destination.open_write(name) as sink:
@@ -238,10 +255,12 @@ class BackupRequest:
     level: int = 6
     labels: list[str] = field(default_factory=list)
     include_globals: bool = False
+    jobs: int = 2  # parallel format: workers, each its own connection in the one snapshot
+    chunk_bytes: int = 128 * 1024**2  # parallel format: tables larger go in ctid chunks
     recipients: Recipients | None = None  # age public keys; None: stored unencrypted
 
 
-def _custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
+def custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
     if compression == "none":
         return "--compress=0"
     if compression == "zstd":
@@ -272,7 +291,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         if request.format == "custom":
             command += [
                 "--format=custom",
-                _custom_format_compress_option(pg_dump, request.compression, request.level),
+                custom_format_compress_option(pg_dump, request.compression, request.level),
             ]
             stream_compression = "none"
         else:
@@ -299,7 +318,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         try:
             globals_info = None
             if request.include_globals:
-                globals_info = _dump_globals(request, major, backup_id, written)
+                globals_info = dump_globals(request, major, backup_id, written)
             dump_name = backup_id + suffix
             try:
                 stats = stream_command_to(
@@ -370,7 +389,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 snapshot_conn.execute("ROLLBACK")
 
 
-def _dump_globals(
+def dump_globals(
     request: BackupRequest, major: int, backup_id: str, written: list[str]
 ) -> ObjectInfo:
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""

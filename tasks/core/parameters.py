@@ -78,6 +78,26 @@ AgeIdentityFile = Annotated[
 ]
 """Only a reference: Prefect stores parameters with the run, so the key never is one."""
 
+Jobs = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=64,
+        description="parallel format: workers (connections) that copy or load tables at once; "
+        "at most half the server's free connection slots are used",
+    ),
+]
+"""Backup and restore of the parallel format (backup/parallel.py, restore/parallel_load.py)."""
+
+ChunkMb = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="parallel format: a table larger than this on disk (MiB) is stored in "
+        "ctid ranges of about this size, one object each, so loaders share it",
+    ),
+]
+
 SlotWait = Annotated[
     float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
 ]

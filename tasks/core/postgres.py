@@ -298,3 +298,16 @@ def database_exists(conn: psycopg.Connection, name: str) -> bool:
     return (
         conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
     )
+
+
+def free_connection_slots(conn: psycopg.Connection) -> int:
+    """Connections the server can still accept from ordinary roles (parallel backup/restore
+    size their workers by it)."""
+    row = conn.execute(
+        """
+        SELECT current_setting('max_connections')::int
+               - current_setting('superuser_reserved_connections')::int
+               - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+        """
+    ).fetchone()
+    return int(row[0]) if row else 0  # type: ignore[index]

@@ -77,13 +77,14 @@ def read_back(
 
 
 def read_back_dump(destination: Destination, manifest: Manifest) -> ReadBack:
-    """The dump of a backup, read back in full, including pg_dump's completion mark."""
-    compression = "none" if manifest.format == "custom" else manifest.compression
+    """The dump of a backup, read back in full, including pg_dump's completion mark; for a
+    parallel backup also every data object (size, SHA-256, a whole compressed stream)."""
+    archive = manifest.format in ("custom", "parallel")
+    compression = "none" if archive else manifest.compression
     seen = read_back(destination, manifest.dump, compression)
-    if manifest.format == "custom":
-        complete = seen.head.startswith(CUSTOM_DUMP_MAGIC)
-    else:
-        complete = PLAIN_DUMP_END in seen.tail
+    for obj in manifest.objects:
+        read_back(destination, obj, manifest.compression)
+    complete = seen.head.startswith(CUSTOM_DUMP_MAGIC) if archive else PLAIN_DUMP_END in seen.tail
     if not complete:
         raise BackupFaultError(
             f"{destination.url_for(manifest.dump.name)} is not a complete pg_dump output",

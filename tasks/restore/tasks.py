@@ -40,6 +40,7 @@ def restore_backup(
     from_server: str | None = None,
     application: ApplicationHooks | None = None,
     identity: str | None = None,
+    jobs: int = 2,
 ) -> RestoreResult:
     """Under the target's slot: never beside a backup, maintenance or migration of it.
     The application is stopped and started around the swap (or the whole restore)."""
@@ -58,7 +59,12 @@ def restore_backup(
     backup, progress = watched(backup, f"Restoring {target.dbname}")
     with database_slot(target, slot_wait_seconds), window.around_restore():
         result = run_restore(
-            backup, target, clean=clean, log=logger.info, around_swap=window.around_swap()
+            backup,
+            target,
+            clean=clean,
+            log=logger.info,
+            around_swap=window.around_swap(),
+            jobs=jobs,
         )
     progress.done()
     result.application = window.report
