@@ -42,6 +42,8 @@ BackupUrl = Annotated[
         "--to", help="s3://bucket/prefix or a directory; default $BACKUP_URL or ./backups"
     ),
 ]
+JobsOption = Annotated[int, typer.Option("--jobs", min=1, max=64, help=describe(parameters.Jobs))]
+ChunkMbOption = Annotated[int, typer.Option("--chunk-mb", min=1, help=describe(parameters.ChunkMb))]
 FromServer = Annotated[
     str | None,
     typer.Option(help=describe(parameters.FromServer), show_default=False),
@@ -57,6 +59,15 @@ ObjectLockOption = Annotated[
 ObjectLockDaysOption = Annotated[
     int | None,
     typer.Option(help="days the objects stay locked (with --object-lock)", show_default=False),
+]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="age identity file (or secret://BLOCK) to decrypt an encrypted backup; "
+        "default $DBOPS_AGE_IDENTITY",
+        show_default=False,
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 Retries = Annotated[int, typer.Option(min=0, max=10, help="retries of transient errors")]
@@ -81,6 +92,7 @@ def use_database_url(url: str | None) -> None:
 # Flow parameters whose command-line spelling is not `--` plus the name with dashes.
 FLAGS = {
     "checks": "--check",
+    "DBOPS_AGE_RECIPIENTS": "DBOPS_AGE_RECIPIENTS",
     "confirm": "--yes",
     "include_globals": "--globals",
     "indexes": "--index",

@@ -10,7 +10,9 @@ import typer
 
 from cli.app import (
     BackupUrl,
+    ChunkMbOption,
     DatabaseUrl,
+    JobsOption,
     JsonFlag,
     ObjectLockDaysOption,
     ObjectLockOption,
@@ -31,7 +33,12 @@ from tasks.core.parameters import PingUrl, describe
 def backup(
     database_url: DatabaseUrl = None,
     to: BackupUrl = None,
-    format: Annotated[Literal["plain", "custom"], typer.Option(help="pg_dump format")] = "plain",
+    format: Annotated[
+        Literal["plain", "custom", "parallel"],
+        typer.Option(help="pg_dump format, or parallel: one object per table, N workers"),
+    ] = "plain",
+    jobs: JobsOption = 2,
+    chunk_mb: ChunkMbOption = 128,
     compression: Annotated[
         Literal["gzip", "zstd", "none"], typer.Option(help="compression of the dump")
     ] = "gzip",
@@ -53,6 +60,14 @@ def backup(
     ] = None,
     object_lock: ObjectLockOption = None,
     object_lock_days: ObjectLockDaysOption = None,
+    encrypt_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="encrypt with age to this public key or file of keys (repeatable); "
+            "default $DBOPS_AGE_RECIPIENTS",
+            show_default=False,
+        ),
+    ] = None,
     retries: Retries = 0,
     ping_url: Annotated[str | None, typer.Option(help=describe(PingUrl))] = None,
     as_json: JsonFlag = False,
@@ -71,6 +86,8 @@ def backup(
         backup_database,
         backup_url=to,
         format=format,
+        jobs=jobs,
+        chunk_mb=chunk_mb,
         compression=compression,
         level=level,
         labels=label or [],
@@ -80,6 +97,7 @@ def backup(
         copy_to=copy_to or None,
         object_lock=object_lock,
         object_lock_days=object_lock_days,
+        encrypt_to=encrypt_to or None,
     )
     human = f"backup {manifest.backup_id} stored: {manifest.dump.name}"
     if copy_to:
@@ -117,9 +135,10 @@ def list_backups(
             "in_the_future": in_the_future(m.started_at, now),
             "format": m.format,
             "compression": m.compression,
-            "size": m.dump.size,
+            "size": m.stored_size,
             "dump": m.dump.name,
             "labels": m.labels,
+            "encrypted_to": m.encryption.recipients if m.encryption else None,
             "verified": m.verification.ok if m.verification else None,
             "verified_at": m.verification.verified_at.isoformat() if m.verification else None,
             "verification": m.verification.detail if m.verification else None,

@@ -91,6 +91,23 @@ def check_source(source: str | None) -> None:
         raise ConfigError(f"SOURCE {source}: no such file; give `latest`, a backup id or a path")
 
 
+def check_encryption(command: str, options: dict[str, Any]) -> None:
+    """Recipients parse (a backup encrypts to them); an identity file is readable and holds
+    a key. The key itself is read here only to check it, never printed."""
+    from tasks.backup.encryption import load_identity, parse_recipients, recipients_from_env
+
+    if command == "backup":
+        given = options.get("encrypt_to")
+        if given:
+            parse_recipients(given)
+        else:
+            from_env = recipients_from_env(os.environ.get("DBOPS_AGE_RECIPIENTS"))
+            parse_recipients(from_env, "DBOPS_AGE_RECIPIENTS")
+    identity = options.get("identity")
+    if identity and not identity.startswith(SECRET_PREFIX):
+        load_identity(identity)
+
+
 def check(command: str, options: dict[str, Any]) -> None:
     """Every check that needs nothing but the options and the environment."""
     if command in NEEDS_DATABASE:
@@ -119,6 +136,7 @@ def check(command: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"{flag} {value}: no such file or directory")
     if command in ("restore", "verify"):
         check_source(options.get("source"))
+    check_encryption(command, options)
     ping_url = options.get("ping_url")
     if ping_url and not ping_url.startswith(("http://", "https://", SECRET_PREFIX)):
         raise ConfigError("--ping-url must be an http(s) URL or secret://BLOCK")
@@ -132,7 +150,9 @@ def checked(callback: Callable[..., Any]) -> Callable[..., Any]:
         try:
             check(callback.__name__, kwargs)
         except ConfigError as exc:
-            fail(str(exc))
+            from cli.app import error_line
+
+            fail(error_line(exc))
         if callback.__name__ in SHOWS_PROGRESS:
             from cli.progress import show_progress
 

@@ -10,6 +10,8 @@ import typer
 from cli.app import (
     DatabaseUrl,
     FromServer,
+    IdentityOption,
+    JobsOption,
     JsonFlag,
     Retries,
     app,
@@ -57,6 +59,8 @@ def restore(
     start_app: StartApp = None,
     stop_app_at: StopAppAt = "swap",
     app_timeout: AppTimeout = 300,
+    identity: IdentityOption = None,
+    jobs: JobsOption = 2,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into a database (created if missing), or only some of its tables."""
@@ -79,6 +83,7 @@ def restore(
             endpoint_url,
             retries,
             as_json,
+            identity,
         )
         return
     result = run_flow(
@@ -91,6 +96,8 @@ def restore(
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
         application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
+        identity=identity,
+        jobs=jobs,
     )
     human = f"restored {result.source} into {result.target}"
     if result.application and result.application.downtime_seconds is not None:
@@ -111,6 +118,7 @@ def _restore_tables(
     endpoint_url: str | None,
     retries: int,
     as_json: bool,
+    identity: str | None,
 ) -> None:
     from flows.restore_tables import restore_tables
 
@@ -130,6 +138,7 @@ def _restore_tables(
         from_server=from_server,
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
+        identity=identity,
     )
     restored = ", ".join(f"{a} as {b}" for a, b in result.tables.items())
     human = f"restored {restored} from {result.source} into {result.target}"
@@ -170,6 +179,7 @@ def verify(
     ] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
     retries: Retries = 0,
+    identity: IdentityOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into a scratch database, check SHA-256, archive, row counts and smoke
@@ -188,6 +198,7 @@ def verify(
         smoke_queries=smoke or [],
         s3=s3_options(endpoint_url, None, None, None, None),
         retries=retries,
+        identity=identity,
     )
     human = f"backup {result.backup_id} verified: {result.detail}"
     emit(result.model_dump(mode="json"), as_json, human)

@@ -9,12 +9,15 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from tasks.backup.compression import check_level
+from tasks.backup.encryption import parse_recipients
 from tasks.backup.manifest import Manifest
 from tasks.backup.tasks import dump_database
 from tasks.copies.tasks import check_targets, copy_to_destination
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.core.parameters import (
+    ChunkMb,
     DatabaseUrl,
+    Jobs,
     ObjectLock,
     ObjectLockDays,
     PingUrl,
@@ -33,7 +36,10 @@ def backup_database(
     backup_url: Annotated[
         str | None, Field(description="s3://bucket/prefix or a directory; default BACKUP_URL")
     ] = None,
-    format: Annotated[Literal["plain", "custom"], Field(description="pg_dump format")] = "plain",
+    format: Annotated[
+        Literal["plain", "custom", "parallel"],
+        Field(description="pg_dump format, or parallel: one object per table, loaded by N workers"),
+    ] = "plain",
     compression: Annotated[
         Literal["gzip", "zstd", "none"], Field(description="compression of the dump")
     ] = "gzip",
@@ -53,12 +59,22 @@ def backup_database(
     object_lock: ObjectLock = None,
     object_lock_days: ObjectLockDays = None,
     ping_url: PingUrl = None,
+    encrypt_to: Annotated[
+        list[str] | None,
+        Field(
+            description="age public keys (age1..., ssh-ed25519, ssh-rsa) or files of them to "
+            "encrypt to; default DBOPS_AGE_RECIPIENTS, else unencrypted"
+        ),
+    ] = None,
+    jobs: Jobs = 2,
+    chunk_mb: ChunkMb = 128,
 ) -> Manifest:
     """Dump a database and store it, compressed and checksummed, with its manifest."""
     reject_inline_password(database_url, "database_url")
-    if format not in ("plain", "custom"):
-        raise ParameterError("format", f"{format!r} is unknown; use plain or custom")
+    if format not in ("plain", "custom", "parallel"):
+        raise ParameterError("format", f"{format!r} is unknown; use plain, custom or parallel")
     level = check_level(compression, level)
+    parse_recipients(encrypt_to or [])  # a malformed key is refused before anything is written
     s3 = s3_with_lock(s3, object_lock, object_lock_days)
     if copy_to:
         check_targets(backup_url, s3, copy_to)
@@ -74,6 +90,9 @@ def backup_database(
         labels or [],
         include_globals,
         slot_wait_seconds,
+        encrypt_to,
+        jobs,
+        chunk_mb,
     )
     backup_completed(manifest, backup_url, s3)
     if copy_to:

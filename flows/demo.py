@@ -55,7 +55,7 @@ def demo(
         backup=str(backups / manifest.dump.name),
         manifest=str(backups / manifest.manifest_name),
         dump_mb=round((manifest.dump.raw_size or 0) / 1e6, 2),
-        stored_mb=round(manifest.dump.size / 1e6, 2),
+        stored_mb=round(manifest.stored_size / 1e6, 2),
         backup_seconds=manifest.duration_seconds,
         restore_seconds=restored.seconds,
         checksum_verified=restored.checksum_verified,

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from tasks.application.commands import AppHooksParameter
 from tasks.application.hooks import APPLICATION_HOOKS, merged
-from tasks.core.parameters import FromServer, SlotWait, documented
-from tasks.core.settings import reject_inline_password
+from tasks.core.parameters import AgeIdentityFile, FromServer, Jobs, SlotWait, documented
+from tasks.core.settings import reject_inline_key, reject_inline_password
 from tasks.operations.outcomes import outcome_hooks, restore_completed
 from tasks.restore.report import publish_restore_report
 from tasks.restore.restore import RestoreResult
@@ -43,9 +43,12 @@ def restore_database(
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
     slot_wait_seconds: SlotWait = 3600,
     application: AppHooksParameter = None,
+    identity: AgeIdentityFile = None,
+    jobs: Jobs = 2,
 ) -> RestoreResult:
     """Restore a backup into a database, checking its SHA-256 and row counts."""
     reject_inline_password(database_url, "database_url")
+    reject_inline_key(identity)
     if application is not None:
         application.check_restore()
     result = restore_backup.with_options(retries=retries, retry_delay_seconds=10)(
@@ -58,6 +61,8 @@ def restore_database(
         slot_wait_seconds,
         from_server,
         application,
+        identity=identity,
+        jobs=jobs,
     )
     publish_restore_report(result)
     restore_completed(result, database_url)

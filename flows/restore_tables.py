@@ -8,6 +8,7 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.core.parameters import (
+    AgeIdentityFile,
     BackupUrl,
     DatabaseUrl,
     FromServer,
@@ -16,7 +17,7 @@ from tasks.core.parameters import (
     SlotWait,
     documented,
 )
-from tasks.core.settings import reject_inline_password
+from tasks.core.settings import reject_inline_key, reject_inline_password
 from tasks.restore.report import publish_table_restore_report
 from tasks.restore.table_names import TableRequest
 from tasks.restore.tables import TableRestoreResult
@@ -53,10 +54,12 @@ def restore_tables(
     from_server: FromServer = None,
     retries: Retries = 1,
     slot_wait_seconds: SlotWait = 3600,
+    identity: AgeIdentityFile = None,
 ) -> TableRestoreResult:
     """Restore some tables of a backup into an existing database without touching anything
     else there; an existing table is never overwritten."""
     reject_inline_password(database_url, "database_url")
+    reject_inline_key(identity)
     request = TableRequest(
         tables=tables or [], schemas=schemas or [], into_schema=into_schema, as_table=as_table
     )
@@ -69,6 +72,7 @@ def restore_tables(
         from_database,
         slot_wait_seconds,
         from_server,
+        identity=identity,
     )
     publish_table_restore_report(result)
     return result

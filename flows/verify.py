@@ -13,8 +13,8 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.core.errors import BackupCheck, BackupFaultError
-from tasks.core.parameters import DatabaseUrl, FromServer, documented
-from tasks.core.settings import reject_inline_password
+from tasks.core.parameters import AgeIdentityFile, DatabaseUrl, FromServer, documented
+from tasks.core.settings import reject_inline_key, reject_inline_password
 from tasks.operations.outcomes import outcome_hooks, verify_finished
 from tasks.restore.report import publish_verification_report
 from tasks.restore.restore_test import VerificationRecord
@@ -53,9 +53,11 @@ def verify_backup(
     s3: Annotated[S3Options | None, Field(description="S3 options; default from AWS_*")] = None,
     from_server: FromServer = None,
     retries: Annotated[int, Field(ge=0, le=10, description="retries of transient errors")] = 1,
+    identity: AgeIdentityFile = None,
 ) -> VerificationRecord:
     """Restore a backup into a scratch database, check it, and record the result beside it."""
     reject_inline_password(database_url, "database_url")
+    reject_inline_key(identity)
     reject_inline_password(verify_database_url, "verify_database_url")
     record, location = restore_test.with_options(retries=retries, retry_delay_seconds=10)(
         source,
@@ -66,6 +68,7 @@ def verify_backup(
         database,
         smoke_queries or [],
         from_server,
+        identity=identity,
     )
     if record.backup_id is not None:
         record.recorded_at = record_verification(record, location, s3)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.backup.catalog import resolve_source
+from tasks.backup.parallel import run_parallel_backup
 from tasks.backup.pipeline import BackupRequest, run_backup
 from tasks.core.errors import BackupFaultError, ConfigError, DbopsError, ParameterError
 from tasks.core.postgres import ConnInfo
@@ -30,12 +31,15 @@ def rich(pg) -> str:
 
 @pytest.fixture(scope="module")
 def backups(rich, tmp_path_factory) -> dict[str, tuple[Path, str]]:
-    """A plain and a custom backup of `rich`, each in its own directory."""
+    """A plain, a custom and a parallel backup of `rich`, each in its own directory."""
     made = {}
-    for fmt in ("plain", "custom"):
+    for fmt in ("plain", "custom", "parallel"):
         where = tmp_path_factory.mktemp(fmt)
-        manifest = run_backup(
-            BackupRequest(ConnInfo.parse(rich), Destination.from_url(str(where)), fmt)
+        run = run_parallel_backup if fmt == "parallel" else run_backup
+        manifest = run(
+            BackupRequest(
+                ConnInfo.parse(rich), Destination.from_url(str(where)), fmt, chunk_bytes=32768
+            )
         )
         made[fmt] = (where, manifest.backup_id)
     return made
@@ -60,7 +64,7 @@ def scalar(url: str, query: str):
         return conn.execute(query).fetchone()[0]
 
 
-@pytest.mark.parametrize("fmt", ["plain", "custom"])
+@pytest.mark.parametrize("fmt", ["plain", "custom", "parallel"])
 def test_one_table_into_another_schema_of_the_same_database(rich, backups, fmt):
     before = content_checksums(rich)
     schema = f"restore_{fmt}"
@@ -97,7 +101,7 @@ def test_one_table_into_another_schema_of_the_same_database(rich, backups, fmt):
     assert content_checksums(rich) == before
 
 
-@pytest.mark.parametrize("fmt", ["plain", "custom"])
+@pytest.mark.parametrize("fmt", ["plain", "custom", "parallel"])
 def test_partitioned_and_odd_names_into_another_database(pg, backups, rich, fmt):
     target = new_database(pg, "other")
     psql(target, "-q", "-c", "CREATE TABLE keep(id int); INSERT INTO keep VALUES (1), (2)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tasks.backup.encryption import AGE_SUFFIX, AgeIdentity, Encryption, require_identity
 from tasks.backup.identity import group_by_server, identify_server, in_the_future
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests, read_manifest
 from tasks.core.errors import DbopsError, NotFoundError, ParameterError
@@ -30,10 +32,21 @@ class BackupSource:
     format: str
     compression: str
     manifest: Manifest | None = None
+    encryption: Encryption | None = None  # age-encrypted objects: read with `identity`
+    identity: AgeIdentity | None = None
 
     @property
     def url(self) -> str:
         return self.destination.url_for(self.dump_name)
+
+
+def with_identity(source: BackupSource, reference: str | None) -> BackupSource:
+    """The source with the identity that decrypts it (a file or secret://BLOCK), checked
+    against its recipients; a plain backup as it is. Called before any work is done."""
+    if source.encryption is None:
+        return source
+    identity = require_identity(source.encryption, reference, source.url)
+    return dataclasses.replace(source, identity=identity)
 
 
 def _split(source: str) -> tuple[str, str]:
@@ -53,17 +66,21 @@ def resolve_source(
     database: str | None = None,
     from_server: str | None = None,
     home: ConnInfo | None = None,
+    verified_only: bool = False,
 ) -> BackupSource:
     """Turn what the user typed into a dump object, with its manifest when there is one.
 
     `latest` is the newest backup of `database` from one server: `from_server` when given,
-    else the server `home` is on when it has backups of it, else the only server that has.
+    else the server `home` is on when it has backups of it, else the only server that has;
+    with `verified_only`, the newest that passed a restore test (`dbops verify`).
     """
     if not source:
         raise DbopsError("no backup given; pass a path, an s3:// URL, a backup id or `latest`")
     if source == "latest":
         destination = Destination.from_url(backup_url, s3)
-        manifest = choose_latest(destination, database, from_server, home)
+        manifest = choose_latest(
+            destination, database, from_server, home, verified_only=verified_only
+        )
         return _from_manifest(destination, manifest)
     if "/" not in source and "://" not in source and not os.path.exists(source):
         destination = Destination.from_url(backup_url, s3)
@@ -75,9 +92,10 @@ def resolve_source(
         return _from_manifest(destination, read_manifest(destination, name))
     if destination.exists(name + MANIFEST_SUFFIX):  # a backup id
         return _from_manifest(destination, read_manifest(destination, name + MANIFEST_SUFFIX))
+    plain_name = name.removesuffix(AGE_SUFFIX)  # `age -d` gives what the rest names
     for suffix, (fmt, compression) in FOREIGN_SUFFIXES.items():
-        if name.endswith(suffix):
-            backup_id = name[: -len(suffix)]
+        if plain_name.endswith(suffix):
+            backup_id = plain_name[: -len(suffix)]
             if destination.exists(backup_id + MANIFEST_SUFFIX):
                 manifest = read_manifest(destination, backup_id + MANIFEST_SUFFIX)
                 if manifest.dump.name == name:
@@ -86,10 +104,11 @@ def resolve_source(
                 raise DbopsError(
                     f"{destination.url_for(name)} does not exist; `dbops list` shows the backups"
                 )
-            return BackupSource(destination, name, fmt, compression)
+            encryption = Encryption() if name != plain_name else None
+            return BackupSource(destination, name, fmt, compression, encryption=encryption)
     raise DbopsError(
         f"{source!r} is not a backup: expected `latest`, a backup id, a .manifest.json, "
-        "or a .sql, .sql.gz, .sql.zst or .dump file"
+        "or a .sql, .sql.gz, .sql.zst or .dump file (each may end in .age)"
     )
 
 
@@ -99,8 +118,16 @@ def _from_manifest(destination: Destination, manifest: Manifest) -> BackupSource
             f"backup {manifest.backup_id} is incomplete: {destination.url_for(manifest.dump.name)} "
             "is missing"
         )
-    compression = "none" if manifest.format == "custom" else manifest.compression
-    return BackupSource(destination, manifest.dump.name, manifest.format, compression, manifest)
+    # A parallel backup's dump is its schema archive; its data objects say their compression.
+    compression = "none" if manifest.format in ("custom", "parallel") else manifest.compression
+    return BackupSource(
+        destination,
+        manifest.dump.name,
+        manifest.format,
+        compression,
+        manifest,
+        encryption=manifest.encryption,
+    )
 
 
 def choose_latest(
@@ -109,9 +136,11 @@ def choose_latest(
     from_server: str | None = None,
     home: ConnInfo | None = None,
     now: datetime | None = None,
+    verified_only: bool = False,
 ) -> Manifest:
     """The newest trustworthy backup of one (server, database); refuses to guess between
-    servers and never takes a backup dated in the future."""
+    servers and never takes a backup dated in the future. `verified_only`: only backups whose
+    restore test passed."""
     now = now or datetime.now(UTC)
     where = f" of database {database!r}" if database else ""
     manifests = list_manifests(destination, database)
@@ -120,6 +149,14 @@ def choose_latest(
             f"no backup{where} found under {destination.url}; "
             "run `dbops backup` first or pass --to / BACKUP_URL"
         )
+    if verified_only:
+        manifests = [m for m in manifests if m.verification and m.verification.ok]
+        if not manifests:
+            raise NotFoundError(
+                f"no verified backup{where} under {destination.url}: a rehearsal restores only "
+                "a backup that passed a restore test; run `dbops verify latest` first, or name "
+                "a backup"
+            )
     dated = [m for m in manifests if not in_the_future(m.started_at, now)]
     if not dated:
         raise NotFoundError(

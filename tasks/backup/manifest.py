@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from tasks.backup.encryption import Encryption
 from tasks.backup.identity import ServerIdentity, server_key
 from tasks.core.errors import DbopsError, first_line
 from tasks.storage.destinations import Destination
@@ -39,6 +40,17 @@ class ObjectInfo(BaseModel):
     raw_size: int | None = Field(None, description="bytes before compression")
 
 
+class DataObject(ObjectInfo):
+    """One object of a parallel backup: a table's rows (or a chunk of them) in COPY text
+    format, or, with no table, the rest of pg_dump's data section (sequences, large objects)."""
+
+    table: str | None = Field(None, description="the table, as in row_counts; None: the rest")
+    relation: list[str] | None = Field(None, description="[schema, table], unambiguous")
+    columns: list[str] = Field(default_factory=list, description="the COPY column list")
+    rows: int | None = Field(None, description="rows in this object, counted from the stream")
+    chunk: str | None = Field(None, description="the ctid range of a chunk of a large table")
+
+
 class Verification(BaseModel):
     """A restore test's outcome; the sidecar may hold more fields, which are ignored here."""
 
@@ -57,11 +69,19 @@ class Manifest(BaseModel):
     )
     server_version: str
     pg_dump_version: str
-    format: Literal["plain", "custom"]
+    format: Literal["plain", "custom", "parallel"]
     compression: Literal["gzip", "zstd", "none"]
     compression_level: int
     dump: ObjectInfo
     globals: ObjectInfo | None = None
+    objects: list[DataObject] = Field(
+        default_factory=list,
+        description="a parallel backup's data objects; its `dump` is then the schema archive",
+    )
+    jobs: int | None = Field(None, description="workers that took a parallel backup")
+    encryption: Encryption | None = Field(
+        None, description="age: every object is encrypted to these recipients (fingerprints)"
+    )
     started_at: datetime
     finished_at: datetime
     duration_seconds: float
@@ -79,6 +99,16 @@ class Manifest(BaseModel):
     @property
     def manifest_name(self) -> str:
         return self.backup_id + MANIFEST_SUFFIX
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes stored of the dump and, in a parallel backup, every data object."""
+        return self.dump.size + sum(obj.size for obj in self.objects)
+
+    @property
+    def raw_size(self) -> int:
+        """Bytes before compression, as far as recorded."""
+        return (self.dump.raw_size or 0) + sum(obj.raw_size or 0 for obj in self.objects)
 
     @property
     def server_key(self) -> str:
@@ -99,6 +129,8 @@ class ManifestError(DbopsError):
 def dump_suffix(fmt: str, compression: str) -> str:
     if fmt == "custom":
         return ".dump"
+    if fmt == "parallel":
+        return ".schema.dump"
     return ".sql" + {"gzip": ".gz", "zstd": ".zst", "none": ""}[compression]
 
 

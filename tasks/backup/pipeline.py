@@ -9,6 +9,7 @@ deleted temporary file) and no manifest is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import subprocess
@@ -23,6 +24,7 @@ import psycopg
 
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream
+from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
 from tasks.backup.identity import read_server_identity
 from tasks.backup.manifest import Manifest, ObjectInfo, dump_suffix, write_manifest
 from tasks.backup.row_counts import CopyRowCounter, count_in_snapshot, user_tables
@@ -122,6 +124,15 @@ def _read_chunks(
         yield chunk
 
 
+def _feed(stdin: IO[bytes] | None, data: bytes) -> None:
+    assert stdin is not None
+    try:
+        with stdin:
+            stdin.write(data)
+    except OSError:
+        pass  # the command stopped early; its exit status says why
+
+
 def stream_command_to(
     command: list[str],
     env: dict[str, str],
@@ -132,17 +143,27 @@ def stream_command_to(
     secret: str | None,
     progress: ProgressCallback | None = None,
     inspect: Callable[[bytes], None] | None = None,
+    recipients: Recipients | None = None,
+    stdin_data: bytes | None = None,
 ) -> StreamStats:
-    """Run command and store its stdout, compressed, as one complete object or none at all.
+    """Run command and store its stdout, compressed (then age-encrypted to `recipients`), as one
+    complete object or none at all; the SHA-256 is of the stored bytes.
 
-    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump)."""
+    `inspect` sees every uncompressed chunk on its way (the row counter of a plain dump);
+    `stdin_data` is written to the command's input (pg_dump --filter=-)."""
     stats = StreamStats()
     started = time.perf_counter()
     process = spawn(  # pg_dump dies with dbops: no orphan keeps the snapshot open
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        command,
+        stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stdout is not None and process.stderr is not None
     tail = StderrTail(process.stderr)
+    if stdin_data is not None:
+        threading.Thread(target=_feed, args=(process.stdin, stdin_data), daemon=True).start()
     tool = command[0].rsplit("/", 1)[-1]
     try:
         with destination.open_write(name) as sink:
@@ -150,8 +171,14 @@ def stream_command_to(
             writer.start()
             try:
                 chunks = _read_chunks(process.stdout, stats, progress, inspect)
-                for piece in compress_stream(chunks, compression, level):
-                    writer.put(piece)
+                pieces = compress_stream(chunks, compression, level)
+                with (
+                    contextlib.closing(encrypt_chunks(pieces, recipients))
+                    if recipients is not None
+                    else contextlib.nullcontext(pieces)
+                ) as stored:  # a failed write stops the age thread at once
+                    for piece in stored:
+                        writer.put(piece)
             finally:
                 writer.finish()
             code = process.wait()
@@ -228,9 +255,12 @@ class BackupRequest:
     level: int = 6
     labels: list[str] = field(default_factory=list)
     include_globals: bool = False
+    jobs: int = 2  # parallel format: workers, each its own connection in the one snapshot
+    chunk_bytes: int = 128 * 1024**2  # parallel format: tables larger go in ctid chunks
+    recipients: Recipients | None = None  # age public keys; None: stored unencrypted
 
 
-def _custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
+def custom_format_compress_option(tool: ClientTool, compression: str, level: int) -> str:
     if compression == "none":
         return "--compress=0"
     if compression == "zstd":
@@ -247,7 +277,8 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
     """Dump one database consistently and store it as a complete backup (dump + manifest)."""
     info = request.conn
     request.destination.check_writable()
-    suffix = dump_suffix(request.format, request.compression)
+    after = AGE_SUFFIX if request.recipients else ""
+    suffix = dump_suffix(request.format, request.compression) + after
     written: list[str] = []
     with info.connect() as snapshot_conn:
         major, full_version = server_version(snapshot_conn)
@@ -260,14 +291,14 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         if request.format == "custom":
             command += [
                 "--format=custom",
-                _custom_format_compress_option(pg_dump, request.compression, request.level),
+                custom_format_compress_option(pg_dump, request.compression, request.level),
             ]
             stream_compression = "none"
         else:
             command += ["--format=plain"]
             stream_compression = request.compression
         started_at = datetime.now(UTC)
-        suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [suffix]
+        suffixes = ([GLOBALS_SUFFIX + after] if request.include_globals else []) + [suffix]
         claim = claim_backup_id(request.destination, info.dbname, started_at, suffixes, identity)
         backup_id = claim.backup_id
         tables = user_tables(snapshot_conn)
@@ -287,7 +318,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
         try:
             globals_info = None
             if request.include_globals:
-                globals_info = _dump_globals(request, major, backup_id, written)
+                globals_info = dump_globals(request, major, backup_id, written)
             dump_name = backup_id + suffix
             try:
                 stats = stream_command_to(
@@ -300,6 +331,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     info.password,
                     progress,
                     stream_counter.feed if stream_counter else None,
+                    request.recipients,
                 )
             except LockTableFullError:
                 raise lock_table_advice(snapshot_conn) from None
@@ -334,6 +366,7 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                     raw_size=stats.raw_bytes,
                 ),
                 globals=globals_info,
+                encryption=request.recipients.encryption() if request.recipients else None,
                 started_at=started_at,
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),
@@ -356,13 +389,13 @@ def run_backup(request: BackupRequest, progress: ProgressCallback | None = None)
                 snapshot_conn.execute("ROLLBACK")
 
 
-def _dump_globals(
+def dump_globals(
     request: BackupRequest, major: int, backup_id: str, written: list[str]
 ) -> ObjectInfo:
     """Roles and tablespaces (pg_dumpall --globals-only), so a lost server can be rebuilt."""
     info = request.conn
     pg_dumpall = find_client_tool("pg_dumpall", major)
-    name = backup_id + GLOBALS_SUFFIX
+    name = backup_id + GLOBALS_SUFFIX + (AGE_SUFFIX if request.recipients else "")
     stats = stream_command_to(
         [pg_dumpall.path, "--no-password", "--globals-only", "-l", info.dbname],
         info.child_env(),
@@ -371,6 +404,7 @@ def _dump_globals(
         "gzip",
         6,
         info.password,
+        recipients=request.recipients,
     )
     written.append(name)
     return ObjectInfo(

@@ -23,8 +23,13 @@ def backup_table(manifest: Manifest, location: str) -> list[dict[str, object]]:
             "value": f"{manifest.format} + {manifest.compression}"
             f" (level {manifest.compression_level})",
         },
-        {"item": "dump size (MB)", "value": round((manifest.dump.raw_size or 0) / mb, 2)},
-        {"item": "stored size (MB)", "value": round(manifest.dump.size / mb, 2)},
+        *(
+            [{"item": "data objects (jobs)", "value": f"{len(manifest.objects)} ({manifest.jobs})"}]
+            if manifest.format == "parallel"
+            else []
+        ),
+        {"item": "dump size (MB)", "value": round(manifest.raw_size / mb, 2)},
+        {"item": "stored size (MB)", "value": round(manifest.stored_size / mb, 2)},
         {"item": "ratio", "value": stages.get("ratio")},
         {"item": "duration (s)", "value": manifest.duration_seconds},
         {"item": "pg_dump MB/s", "value": stages.get("dump_mb_per_s")},
@@ -34,6 +39,12 @@ def backup_table(manifest: Manifest, location: str) -> list[dict[str, object]]:
         {"item": "tables", "value": len(manifest.row_counts)},
         {"item": "rows", "value": sum(manifest.row_counts.values())},
         {"item": "sha256", "value": manifest.dump.sha256},
+        {
+            "item": "encryption",
+            "value": "age to " + ", ".join(manifest.encryption.recipients)
+            if manifest.encryption
+            else "none",
+        },
         {"item": "labels", "value": ", ".join(manifest.labels) or "-"},
     ]
     return rows

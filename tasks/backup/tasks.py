@@ -13,8 +13,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
+from tasks.backup.encryption import Recipients, backup_recipients
 from tasks.backup.fleet import FleetBackup
 from tasks.backup.manifest import Manifest
+from tasks.backup.parallel import run_parallel_backup
 from tasks.backup.pipeline import BackupRequest, run_backup
 from tasks.backup.report import publish_backup_report
 from tasks.core.artifacts import ProgressReporter
@@ -32,8 +34,12 @@ def take_backup(
     labels: list[str],
     include_globals: bool = False,
     slot_wait_seconds: float = 3600,
+    recipients: Recipients | None = None,
+    jobs: int = 2,
+    chunk_mb: int = 128,
 ) -> Manifest:
-    """Dump, store and report one backup under the database's slot."""
+    """Dump, store and report one backup under the database's slot (age-encrypted to
+    `recipients` when given; the parallel format by `jobs` workers)."""
     logger = get_run_logger()
     info = settings.connection()
     destination = settings.destination()
@@ -43,7 +49,8 @@ def take_backup(
         size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
     progress = ProgressReporter(size, f"Dumping {info.dbname}")
     with database_slot(info, slot_wait_seconds):  # never beside another heavy job on it
-        manifest = run_backup(
+        run = run_parallel_backup if format == "parallel" else run_backup
+        manifest = run(
             BackupRequest(
                 conn=info,
                 destination=destination,
@@ -52,6 +59,9 @@ def take_backup(
                 level=level,
                 labels=labels,
                 include_globals=include_globals,
+                recipients=recipients,
+                jobs=jobs,
+                chunk_bytes=chunk_mb * 1024 * 1024,
             ),
             progress=progress,
         )
@@ -59,8 +69,10 @@ def take_backup(
     location = destination.url_for(manifest.dump.name)
     publish_backup_report(manifest, location)
     logger.info(
-        "Stored %s (%d bytes, sha256 %s)", location, manifest.dump.size, manifest.dump.sha256
+        "Stored %s (%d bytes, sha256 %s)", location, manifest.stored_size, manifest.dump.sha256
     )
+    if manifest.encryption is not None:
+        logger.info("Encrypted with age to %s", ", ".join(manifest.encryption.recipients))
     return manifest
 
 
@@ -75,11 +87,25 @@ def dump_database(
     labels: list[str],
     include_globals: bool,
     slot_wait_seconds: float = 3600,
+    encrypt_to: list[str] | None = None,
+    jobs: int = 2,
+    chunk_mb: int = 128,
 ) -> Manifest:
-    """Settings are loaded here, not in the flow, so a password never passes through Prefect."""
+    """Settings are loaded here, not in the flow, so a password never passes through Prefect.
+    `encrypt_to` holds public keys or paths of files of them (else DBOPS_AGE_RECIPIENTS)."""
     settings = Settings.load(database_url, backup_url, s3)
+    recipients = backup_recipients(encrypt_to, settings.age_recipients)
     return take_backup(
-        settings, format, compression, level, labels, include_globals, slot_wait_seconds
+        settings,
+        format,
+        compression,
+        level,
+        labels,
+        include_globals,
+        slot_wait_seconds,
+        recipients,
+        jobs,
+        chunk_mb,
     )
 
 
@@ -99,7 +125,7 @@ def backup_one(
         return FleetBackup(
             database=database_url,
             backup_id=manifest.backup_id,
-            size=manifest.dump.size,
+            size=manifest.stored_size,
             seconds=round(time.monotonic() - started, 1),
         )
     parameters = {"database_url": database_url}

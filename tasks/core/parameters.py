@@ -69,6 +69,35 @@ ObjectLockDays = Annotated[
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 
+AgeIdentityFile = Annotated[
+    str | None,
+    Field(
+        description="age identity that decrypts an encrypted backup: a file on the worker or "
+        "secret://BLOCK, never the key itself; default DBOPS_AGE_IDENTITY"
+    ),
+]
+"""Only a reference: Prefect stores parameters with the run, so the key never is one."""
+
+Jobs = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=64,
+        description="parallel format: workers (connections) that copy or load tables at once; "
+        "at most half the server's free connection slots are used",
+    ),
+]
+"""Backup and restore of the parallel format (backup/parallel.py, restore/parallel_load.py)."""
+
+ChunkMb = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="parallel format: a table larger than this on disk (MiB) is stored in "
+        "ctid ranges of about this size, one object each, so loaders share it",
+    ),
+]
+
 SlotWait = Annotated[
     float, Field(gt=0, description="how long to wait for other dbops jobs on this database")
 ]
@@ -100,3 +129,15 @@ def describe(annotation: Any) -> str:
 def field_help(model: type[BaseModel], name: str) -> str:
     """A pydantic model field's description, for the CLI flag that sets it."""
     return model.model_fields[name].description or ""
+
+
+MaxLockSeconds = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=3600,
+        description="rehearsal: a statement holding a lock that blocks writes (SHARE or "
+        "stronger) on an existing table longer than this on the copy is red and refuses the "
+        "migration",
+    ),
+]

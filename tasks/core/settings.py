@@ -44,6 +44,12 @@ class Settings(BaseModel):
     secretsmanager_endpoint_url: str | None = Field(
         None, description="AWS_ENDPOINT_URL_SECRETSMANAGER"
     )
+    age_recipients: str | None = Field(
+        None, description="DBOPS_AGE_RECIPIENTS: age public keys or files of them, comma-separated"
+    )
+    age_identity: str | None = Field(
+        None, description="DBOPS_AGE_IDENTITY: an age identity file, or secret://BLOCK"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +73,8 @@ class Settings(BaseModel):
             ui_url=get("PREFECT_UI_URL"),
             aws_region=get("AWS_DEFAULT_REGION"),
             secretsmanager_endpoint_url=get("AWS_ENDPOINT_URL_SECRETSMANAGER"),
+            age_recipients=get("DBOPS_AGE_RECIPIENTS"),
+            age_identity=get("DBOPS_AGE_IDENTITY"),
         )
 
     @classmethod
@@ -198,6 +206,16 @@ def resolve_secret(value: str | None) -> str | None:
             f"Prefect Secret block {name!r} not found; create it with "
             f"Secret(value=...).save({name!r}) or in the UI under Blocks"
         ) from exc
+
+
+def reject_inline_key(identity: str | None, parameter: str = "identity") -> None:
+    """An age identity parameter names a file or a Secret block; the key itself is refused."""
+    if identity and identity.strip().startswith("AGE-SECRET-KEY-"):
+        raise ParameterError(
+            parameter,
+            "must be a file path or secret://BLOCK, never the key itself (Prefect would store "
+            "it with the run); write the key to a file readable only by you",
+        )
 
 
 def reject_inline_password(url: str | None, parameter: str) -> None:

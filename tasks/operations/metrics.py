@@ -86,7 +86,7 @@ def collect(destination: Destination, now: datetime, database: str | None = None
         catalog.add("dbops_backups", labels, len(manifests))
         catalog.add("dbops_last_backup_timestamp_seconds", labels, started)
         catalog.add("dbops_last_backup_age_seconds", labels, max(0.0, now.timestamp() - started))
-        catalog.add("dbops_last_backup_size_bytes", labels, newest.dump.size)
+        catalog.add("dbops_last_backup_size_bytes", labels, newest.stored_size)
         catalog.add("dbops_last_backup_duration_seconds", labels, newest.duration_seconds)
         verified = sum(1 for m in manifests if m.verification and m.verification.ok)
         catalog.add("dbops_verified_backups", labels, verified)

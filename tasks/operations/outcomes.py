@@ -91,7 +91,7 @@ def backup_completed(manifest: Manifest, backup_url: str | None, s3: S3Options |
         {
             "location": _location(backup_url, s3),
             "dump": manifest.dump.name,
-            "size_bytes": manifest.dump.size,
+            "size_bytes": manifest.stored_size,
             "raw_size_bytes": manifest.dump.raw_size,
             "sha256": manifest.dump.sha256,
             "format": manifest.format,

@@ -8,6 +8,7 @@ feeds a Prefect progress artifact (`core/artifacts.py`) and, on a terminal, the 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -43,24 +44,44 @@ class CountingReader:
 
 
 class WatchedDestination:
-    """The source's destination, whose reader of `name` counts; everything else as it was."""
+    """The source's destination, whose readers of `names` count into one total (a parallel
+    backup's objects are read by several threads at once); everything else as it was."""
 
-    def __init__(self, inner: Any, name: str, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, inner: Any, names: set[str], on_bytes: Callable[[int], None]) -> None:
         self.inner = inner
-        self.name = name
+        self.names = names
         self.on_bytes = on_bytes
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def _counter(self) -> Callable[[int], None]:
+        last = [0]
+
+        def seen(count: int) -> None:
+            with self.lock:
+                self.total += count - last[0]
+                last[0] = count
+                self.on_bytes(self.total)
+
+        return seen
 
     def open_read(self, name: str) -> Any:
         stream = self.inner.open_read(name)
-        return CountingReader(stream, self.on_bytes) if name == self.name else stream
+        return CountingReader(stream, self._counter()) if name in self.names else stream
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.inner, attribute)
 
 
 def watched(source: BackupSource, description: str) -> tuple[BackupSource, ProgressReporter]:
-    """The same source, reporting its dump's bytes read to a progress artifact."""
-    size = source.manifest.dump.size if source.manifest else 0  # a foreign dump: unknown
+    """The same source, reporting its stored bytes read (every object) to a progress artifact."""
+    manifest = source.manifest
+    size = manifest.stored_size if manifest else 0  # a foreign dump: unknown
+    names = (
+        {source.dump_name, *(obj.name for obj in manifest.objects)}
+        if manifest
+        else {source.dump_name}
+    )
     progress = ProgressReporter(size, description)
-    destination = WatchedDestination(source.destination, source.dump_name, progress)
+    destination = WatchedDestination(source.destination, names, progress)
     return dataclasses.replace(source, destination=destination), progress  # type: ignore[arg-type]

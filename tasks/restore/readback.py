@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.backup.compression import DecompressingReader
+from tasks.backup.encryption import AgeIdentity, decrypting
 from tasks.backup.manifest import Manifest, ObjectInfo
 from tasks.core.errors import BackupCheck, BackupFaultError
 from tasks.core.streams import CHUNK_SIZE, HashingReader
@@ -46,13 +47,23 @@ def check_stored(where: str, hashing: HashingReader, info: ObjectInfo, advice: s
         )
 
 
-def read_back(destination: Destination, info: ObjectInfo, compression: str) -> ReadBack:
-    """Read the whole object; raise BackupFaultError unless it decompresses and matches `info`."""
+def read_back(
+    destination: Destination,
+    info: ObjectInfo,
+    compression: str,
+    encrypted: bool = False,
+    identity: AgeIdentity | None = None,
+) -> ReadBack:
+    """Read the whole object; raise BackupFaultError unless it decompresses and matches `info`.
+
+    An age-encrypted object is decrypted (and so authenticated) with `identity`."""
     where = destination.url_for(info.name)
     head, tail, raw_size = b"", b"", 0
-    with destination.open_read(info.name) as raw:
-        hashing = HashingReader(raw)
-        reader = DecompressingReader(hashing, compression)
+    with (
+        destination.open_read(info.name) as raw,
+        decrypting(hashing := HashingReader(raw), identity, encrypted, where) as plain,
+    ):
+        reader = DecompressingReader(plain, compression)
         try:
             while chunk := reader.read_chunk(CHUNK_SIZE):
                 if len(head) < 16:
@@ -66,13 +77,14 @@ def read_back(destination: Destination, info: ObjectInfo, compression: str) -> R
 
 
 def read_back_dump(destination: Destination, manifest: Manifest) -> ReadBack:
-    """The dump of a backup, read back in full, including pg_dump's completion mark."""
-    compression = "none" if manifest.format == "custom" else manifest.compression
+    """The dump of a backup, read back in full, including pg_dump's completion mark; for a
+    parallel backup also every data object (size, SHA-256, a whole compressed stream)."""
+    archive = manifest.format in ("custom", "parallel")
+    compression = "none" if archive else manifest.compression
     seen = read_back(destination, manifest.dump, compression)
-    if manifest.format == "custom":
-        complete = seen.head.startswith(CUSTOM_DUMP_MAGIC)
-    else:
-        complete = PLAIN_DUMP_END in seen.tail
+    for obj in manifest.objects:
+        read_back(destination, obj, manifest.compression)
+    complete = seen.head.startswith(CUSTOM_DUMP_MAGIC) if archive else PLAIN_DUMP_END in seen.tail
     if not complete:
         raise BackupFaultError(
             f"{destination.url_for(manifest.dump.name)} is not a complete pg_dump output",

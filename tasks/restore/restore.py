@@ -12,30 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import subprocess
 import time
 from collections.abc import Callable
-from typing import IO, Protocol
 
 from pydantic import BaseModel, Field
 
 from tasks.application.window import ApplicationReport
 from tasks.backup.catalog import BackupSource
-from tasks.backup.compression import DecompressingReader
 from tasks.backup.row_counts import table_row_counts
-from tasks.core.children import spawn
-from tasks.core.client_tools import find_client_tool
 from tasks.core.errors import (
     BackupCheck,
     BackupFaultError,
     ConfigError,
-    DbopsError,
-    SurroundingsError,
 )
 from tasks.core.postgres import ConnInfo, database_exists, maintenance_conn, server_version
-from tasks.core.streams import CHUNK_SIZE, HashingReader, StderrTail
-from tasks.restore.readback import check_stored
+from tasks.restore.parallel_load import load_parallel
+from tasks.restore.streaming import (  # noqa: F401 - re-exported: one import for callers
+    SURROUNDINGS_CLASSES,
+    psql_command,
+    restore_command,
+    stream_into,
+    tool_failure,
+)
 from tasks.restore.swap import (
     apply_state,
     create_scratch,
@@ -84,126 +82,18 @@ def user_object_count(target: ConnInfo) -> int:
     return int(row[0])  # type: ignore[index]
 
 
-def restore_command(source: BackupSource, major: int) -> list[str]:
-    if source.format == "custom":
-        needed = major
-        if source.manifest:
-            needed = max(major, int(source.manifest.pg_dump_version.split(".")[0]))
-        tool = find_client_tool("pg_restore", needed)
-        return [
-            tool.path,
-            "--no-password",
-            "--exit-on-error",
-            "--dbname",
-            "{dbname}",
-        ]
-    return psql_command(major)
-
-
-def psql_command(major: int) -> list[str]:
-    """psql that stops at the first error, naming its SQLSTATE; `{dbname}` is filled in later."""
-    tool = find_client_tool("psql", major)
-    return [
-        tool.path,
-        "--no-password",
-        "--no-psqlrc",
-        "--quiet",
-        "--set",
-        "ON_ERROR_STOP=1",
-        "--set",
-        "VERBOSITY=verbose",  # errors carry their SQLSTATE: the server's fault or the backup's
-        "--dbname",
-        "{dbname}",
-    ]
-
-
-def _check_integrity(source: BackupSource, reader: HashingReader) -> bool:
-    """False when there is no manifest to check against; raises when the check fails."""
-    if source.manifest is None:
-        return False
-    advice = "; nothing was restored, restore another backup"
-    check_stored(source.url, reader, source.manifest.dump, advice)
-    return True
-
-
-# SQLSTATE classes that blame the server, not the backup: connection exceptions, insufficient
-# resources (disk full, out of memory, too many connections), operator intervention, system
-# errors. psql exits 2 when it lost its connection.
-SURROUNDINGS_CLASSES = ("08", "53", "57", "58")
-SQLSTATE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):")
-
-
-def tool_failure(tool: str, code: int, tail: StderrTail, secret: str | None) -> DbopsError:
-    """A failed psql/pg_restore is the backup's fault unless the server says it was its own."""
-    line = tail.last(secret, ("ERROR:", "FATAL:", "PANIC:", "error:")) or tail.last(secret)
-    state = SQLSTATE.search(line)
-    if (tool == "psql" and code == 2) or (state and state.group(1)[:2] in SURROUNDINGS_CLASSES):
-        return SurroundingsError(
-            f"{tool} failed because of the server, not the backup: {line}; nothing was "
-            "restored, fix the server and try again"
-        )
-    return BackupFaultError(f"{tool} stopped at the first error: {line}", BackupCheck.RESTORE)
-
-
-class ChunkFilter(Protocol):
-    """Rewrites the decompressed dump on its way (e.g. keeps only some tables' rows)."""
-
-    def feed(self, chunk: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
-
-
-def stream_into(
-    source: BackupSource,
-    command: list[str],
-    env: dict[str, str],
-    secret: str | None,
-    transform: ChunkFilter | None = None,
-    stdout: int | IO[bytes] = subprocess.DEVNULL,
-) -> tuple[HashingReader, bool]:
-    """Feed the backup to psql/pg_restore; the end of input is sent only if it is intact."""
-    process = spawn(command, stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, env=env)
-    assert process.stdin is not None and process.stderr is not None
-    tail = StderrTail(process.stderr)
-    tool = command[0].rsplit("/", 1)[-1]
-    verified = False
-    try:
-        with source.destination.open_read(source.dump_name) as raw:
-            reader = HashingReader(raw)
-            decompressor = DecompressingReader(reader, source.compression)
-            held = decompressor.read_chunk(CHUNK_SIZE)
-            while held:
-                following = decompressor.read_chunk(CHUNK_SIZE)
-                if not following:
-                    verified = _check_integrity(source, reader)
-                if transform is not None:
-                    held = transform.feed(held) + (b"" if following else transform.finish())
-                try:
-                    process.stdin.write(held)
-                except BrokenPipeError:
-                    break
-                held = following
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.close()
-        code = process.wait()
-        if code != 0:
-            raise tool_failure(tool, code, tail, secret)
-        return reader, verified
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def run_restore(
     source: BackupSource,
     target: ConnInfo,
     clean: bool = False,
     log: Callable[[str], None] = logger.info,
     around_swap: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+    jobs: int = 2,
 ) -> RestoreResult:
     """Restore into a scratch database, check it, then swap it in for `target`.
 
+    A parallel backup loads by `jobs` workers (`parallel_load.py`); other formats stream
+    through one psql or pg_restore.
     `around_swap` wraps only the swap: the application's stop and start (application/window.py).
     """
     started = time.perf_counter()
@@ -232,8 +122,15 @@ def run_restore(
         try:
             into = target.with_dbname(scratch)
             argv = [part.replace("{dbname}", scratch) for part in command]
-            reader, verified = stream_into(source, argv, into.child_env(), target.password)
-            mismatched, counted = _compare_counts(source, into)
+            if source.format == "parallel":
+                loaded = load_parallel(source, into, major, target.password, jobs)
+                assert source.manifest is not None  # load_parallel refuses one without
+                bytes_read, sha256, verified = loaded.bytes_read, source.manifest.dump.sha256, True
+                mismatched, counted = _compare_loaded(source, loaded.rows)
+            else:
+                reader, verified = stream_into(source, argv, into.child_env(), target.password)
+                bytes_read, sha256 = reader.size, reader.hasher.hexdigest()
+                mismatched, counted = _compare_counts(source, into)
             if mismatched:
                 raise BackupFaultError(
                     f"restored row counts differ from the manifest in {len(mismatched)} tables "
@@ -260,14 +157,25 @@ def run_restore(
         source=source.url,
         target=target.redacted(),
         backup_id=source.manifest.backup_id if source.manifest else None,
-        bytes_read=reader.size,
+        bytes_read=bytes_read,
         seconds=round(time.perf_counter() - started, 3),
-        sha256=reader.hasher.hexdigest(),
+        sha256=sha256,
         checksum_verified=verified,
         row_counts_checked=source.manifest is not None,
         tables=counted,
         replaced_existing=bool(objects),
     )
+
+
+def _compare_loaded(source: BackupSource, rows: dict[str, int]) -> tuple[dict[str, list[int]], int]:
+    """A parallel load's rows per table (as each COPY reported) against the manifest."""
+    expected = source.manifest.row_counts if source.manifest else {}
+    mismatched = {
+        table: [count, rows.get(table, -1)]
+        for table, count in expected.items()
+        if rows.get(table) != count
+    }
+    return mismatched, len(rows)
 
 
 def _compare_counts(source: BackupSource, target: ConnInfo) -> tuple[dict[str, list[int]], int]:

@@ -87,13 +87,17 @@ def sidecar_name(backup_id: str) -> str:
     return backup_id + VERIFIED_SUFFIX
 
 
-def check_globals(destination: Destination, info: ObjectInfo) -> None:
-    """The roles/tablespaces object: present, size and SHA-256 as written, a whole gzip stream."""
+def check_globals(
+    destination: Destination, info: ObjectInfo, source: BackupSource | None = None
+) -> None:
+    """The roles/tablespaces object: present, size and SHA-256 as written, a whole gzip stream
+    (decrypted with the source's identity when the backup is encrypted)."""
     where = destination.url_for(info.name)
     if not destination.exists(info.name):
         raise BackupFaultError(f"globals object {where} is missing", BackupCheck.GLOBALS)
+    encrypted = source is not None and source.encryption is not None
     try:
-        read_back(destination, info, "gzip")
+        read_back(destination, info, "gzip", encrypted, source.identity if source else None)
     except BackupFaultError as exc:
         raise BackupFaultError(f"globals object {exc}", BackupCheck.GLOBALS) from None
 
@@ -203,7 +207,7 @@ def _check_backup(
     assert manifest is not None
     try:
         if manifest.globals is not None:
-            check_globals(source.destination, manifest.globals)
+            check_globals(source.destination, manifest.globals, source)
             record.globals_checked = True
         result = run_restore(source, scratch)
     except BackupFaultError as exc:  # anything else is the surroundings' fault: raised

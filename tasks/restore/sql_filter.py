@@ -124,6 +124,11 @@ class TableFilter:
             return self._release_foreign_key(rest)
         return self._release_foreign_key(b"")
 
+    def next_stream(self) -> None:
+        """Another pg_dump output follows (a parallel backup's sections and data, filtered as
+        one): it starts outside any section, literal or COPY block, as the first did."""
+        self._carry, self._dropping, self._copy, self._quote = b"", False, None, None
+
     def _copy_data(self, data: bytes, pos: int, out: list[bytes]) -> int:
         if data.startswith(TERMINATOR, pos):
             end = pos + len(TERMINATOR)

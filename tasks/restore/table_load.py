@@ -5,8 +5,8 @@ checked on the way; the rest of a table restore (row counts, names, the move int
 target) is the same for every format. Plain dumps stream through `sql_filter.TableFilter`
 into psql; custom archives are turned back into the same SQL by `pg_restore -f -` and take
 the same filter, so both formats select tables by the same exact, quoted names. A format
-that stores each table's rows as its own objects (the parallel format) implements `load`
-by restoring its schema and reading only the chosen tables' objects.
+that stores each table's rows as its own objects (the parallel format, `ParallelTables`)
+restores its schema archive through the same filter and reads only the chosen tables' objects.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from tasks.backup.catalog import BackupSource
+from tasks.backup.manifest import DataObject
 from tasks.core.children import spawn
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.core.postgres import ConnInfo
 from tasks.core.streams import CHUNK_SIZE, StderrTail
-from tasks.restore.restore import psql_command, restore_command, stream_into, tool_failure
+from tasks.restore.parallel_load import load_data
 from tasks.restore.sql_filter import Selection, TableFilter
+from tasks.restore.streaming import psql_command, restore_command, stream_into, tool_failure
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def table_source(source: BackupSource, major: int) -> TableSource:
         )
     if source.format in ("plain", "custom"):
         return DumpTables(source, major)
+    if source.format == "parallel":
+        return ParallelTables(source, major)
     raise ParameterError(
         "tables", f"cannot restore single tables from a {source.format!r} backup yet"
     )
@@ -87,10 +91,15 @@ class DumpTables:
         return Loaded(reader.size, reader.hexdigest(), verified, sql_filter.left_out)
 
     def _through_pg_restore(
-        self, psql: list[str], sql_filter: TableFilter, into: ConnInfo, secret: str | None
+        self,
+        psql: list[str],
+        sql_filter: TableFilter,
+        into: ConnInfo,
+        secret: str | None,
+        options: tuple[str, ...] = (),
     ):
         """backup -> pg_restore -f - -> filter -> psql; the first failure is the one reported."""
-        to_sql = restore_command(self.source, self.major)[:-2] + ["--file", "-"]
+        to_sql = restore_command(self.source, self.major)[:-2] + ["--file", "-", *options]
         env = into.child_env()
         loader = spawn(
             psql, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -121,6 +130,43 @@ class DumpTables:
             if loader.poll() is None:
                 loader.kill()
                 loader.wait()
+
+
+@dataclass
+class ParallelTables:
+    """A parallel backup: its schema archive as SQL through the same filter (pre-data, then
+    post-data), and between them only the chosen tables' data objects, by `jobs` loaders, and
+    the sequence values of the rest of the data section (large objects left out)."""
+
+    source: BackupSource
+    major: int
+    jobs: int = 2
+
+    def load(self, selection: Selection, into: ConnInfo, secret: str | None) -> Loaded:
+        manifest = self.source.manifest
+        assert manifest is not None  # table_source refuses a backup without one
+        sql_filter = TableFilter(selection, sorted(manifest.row_counts))
+        psql = [part.replace("{dbname}", into.dbname) for part in psql_command(self.major)]
+        schema = DumpTables(self.source, self.major)
+        reader, verified = schema._through_pg_restore(
+            psql, sql_filter, into, secret, ("--section=pre-data",)
+        )
+
+        def wanted(obj: DataObject) -> bool:
+            if obj.relation is None:
+                return True  # sequence values pass the filter; large objects do not
+            table = (obj.relation[0], obj.relation[1])
+            return selection.wants(table, sql_filter.parents)
+
+        sql_filter.next_stream()
+        data = load_data(
+            self.source, into, self.major, secret, self.jobs, wanted, transform=sql_filter
+        )
+        sql_filter.next_stream()
+        schema._through_pg_restore(psql, sql_filter, into, secret, ("--section=post-data",))
+        return Loaded(
+            reader.size + data.bytes_read, reader.hexdigest(), verified, sql_filter.left_out
+        )
 
 
 class _Pump(threading.Thread):

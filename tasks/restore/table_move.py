@@ -24,8 +24,8 @@ from tasks.core.client_tools import find_client_tool
 from tasks.core.errors import BackupCheck, BackupFaultError, ConfigError, DbopsError, first_line
 from tasks.core.postgres import ConnInfo
 from tasks.core.streams import CHUNK_SIZE, StderrTail
-from tasks.restore.restore import psql_command, tool_failure
 from tasks.restore.sql_filter import Selection, Table, qualified
+from tasks.restore.streaming import psql_command, tool_failure
 from tasks.restore.table_names import (
     NAME_BYTES,
     TableRequest,

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from tasks.application.commands import ApplicationHooks
 from tasks.application.window import ApplicationWindow
-from tasks.backup.catalog import resolve_source
+from tasks.backup.catalog import resolve_source, with_identity
 from tasks.core.errors import retry_transient
 from tasks.core.postgres import maintenance_conn
 from tasks.core.settings import Settings
@@ -39,6 +39,8 @@ def restore_backup(
     slot_wait_seconds: float = 3600,
     from_server: str | None = None,
     application: ApplicationHooks | None = None,
+    identity: str | None = None,
+    jobs: int = 2,
 ) -> RestoreResult:
     """Under the target's slot: never beside a backup, maintenance or migration of it.
     The application is stopped and started around the swap (or the whole restore)."""
@@ -50,13 +52,19 @@ def restore_backup(
     backup = resolve_source(
         source, settings.backup_url, settings.s3, whose, from_server=from_server, home=target
     )
+    backup = with_identity(backup, identity or settings.age_identity)  # before any work
     logger.info("Restoring %s into %s", backup.url, target.redacted())
     if backup.manifest is None:
         logger.warning("%s has no dbops manifest: its checksum cannot be verified", backup.url)
     backup, progress = watched(backup, f"Restoring {target.dbname}")
     with database_slot(target, slot_wait_seconds), window.around_restore():
         result = run_restore(
-            backup, target, clean=clean, log=logger.info, around_swap=window.around_swap()
+            backup,
+            target,
+            clean=clean,
+            log=logger.info,
+            around_swap=window.around_swap(),
+            jobs=jobs,
         )
     progress.done()
     result.application = window.report
@@ -79,6 +87,7 @@ def restore_some_tables(
     from_database: str | None,
     slot_wait_seconds: float = 3600,
     from_server: str | None = None,
+    identity: str | None = None,
 ) -> TableRestoreResult:
     """Under the target's slot, like a whole restore: a few tables beside the live ones."""
     logger = get_run_logger()
@@ -92,6 +101,7 @@ def restore_some_tables(
         from_server=from_server,
         home=target,
     )
+    backup = with_identity(backup, identity or settings.age_identity)
     with database_slot(target, slot_wait_seconds):
         result = restore_tables(backup, target, request, log=logger.info)
     logger.info("Restored %d tables in %.1f s", len(result.tables), result.seconds)
@@ -108,6 +118,7 @@ def restore_test(
     database: str | None,
     smoke_queries: list[str],
     from_server: str | None = None,
+    identity: str | None = None,
 ) -> tuple[VerificationRecord, str]:
     """Restore into a scratch database and check; returns the record and the backup's place.
 
@@ -123,6 +134,8 @@ def restore_test(
     backup = resolve_source(
         source, settings.backup_url, settings.s3, whose, from_server=from_server, home=home
     )
+    # A missing or wrong identity is the surroundings' fault: raised, nothing recorded.
+    backup = with_identity(backup, identity or settings.age_identity)
     logger.info("Verifying %s in a scratch database on %s", backup.url, server.redacted())
     # A restore test loads its source's server like a restore does: it waits for the source
     # database's slot when that database is the one DATABASE_URL names.
@@ -154,7 +167,8 @@ class LeftoverDatabases(BaseModel):
 
 @task(name="clean-up-leftover-databases", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def clean_up_leftovers(database_url: str | None, drop_them: bool) -> LeftoverDatabases:
-    """List `__dbops_restore_`/`__dbops_old_`/`__dbops_verify_` databases; drop them if asked."""
+    """List `__dbops_restore_`/`__dbops_old_`/`__dbops_verify_`/`__dbops_rehearse_` databases;
+    drop them if asked."""
     logger = get_run_logger()
     info = Settings.load(database_url).connection()
     with maintenance_conn(info) as admin:

@@ -32,7 +32,7 @@ from tasks.backup.manifest import (
     read_manifest,
     read_verification,
 )
-from tasks.copies.records import COPY_MARK
+from tasks.copies.records import COPY_MARK, backup_objects
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite
@@ -142,9 +142,7 @@ def _read(
 def backup_object_names(manifest: Manifest, present: set[str] | None = None) -> list[str]:
     """A backup's objects in deletion order: the manifest, its completion mark, goes last.
     Its copy records (`copies/records.py`) are among the `present` names."""
-    names = [manifest.dump.name]
-    if manifest.globals is not None:
-        names.append(manifest.globals.name)
+    names = [info.name for info in backup_objects(manifest)]  # the dump first
     names.append(manifest.backup_id + VERIFIED_SUFFIX)
     names += sorted(n for n in present or () if n.startswith(manifest.backup_id + COPY_MARK))
     names += [manifest.claim_name, manifest.manifest_name]

@@ -1,0 +1,445 @@
+"""The parallel format: one exported snapshot, N workers, every table's rows their own objects.
+
+pg_dump writes the schema (pre-data and post-data sections, a small custom archive) and the
+rest of its data section (sequence values, large objects, extension tables' rows) in the
+snapshot; N worker connections import the same snapshot and stream each table with
+`COPY ... TO STDOUT` (a large table in ctid ranges, one object per range), compressed,
+SHA-256 hashed and counted (rows = lines of the COPY stream) on the way. Nothing is staged
+on disk. The manifest, written last, names every object; a failure anywhere deletes what
+was written and leaves no manifest. Restore: `restore/parallel_load.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+
+from tasks.backup.claim import claim_backup_id
+from tasks.backup.compression import compress_stream, default_threads
+from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
+from tasks.backup.identity import read_server_identity
+from tasks.backup.manifest import DataObject, Manifest, ObjectInfo, dump_suffix, write_manifest
+from tasks.backup.pipeline import (
+    GLOBALS_SUFFIX,
+    BackupRequest,
+    ProgressCallback,
+    custom_format_compress_option,
+    dump_globals,
+    lock_table_advice,
+    referenced_roles,
+    stream_command_to,
+)
+from tasks.backup.row_counts import USER_TABLES
+from tasks.core.client_tools import ClientTool, find_client_tool
+from tasks.core.errors import DbopsError, LockTableFullError, first_line
+from tasks.core.postgres import ConnInfo, free_connection_slots, server_version
+from tasks.core.streams import CHUNK_SIZE
+from tasks.storage.destinations import Destination
+
+COMPRESSED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+LOCK_BATCH = 1000  # tables named per LOCK TABLE statement
+
+PLAN_QUERY = f"""
+    SELECT t.nspname, t.relname,
+           pg_relation_size(c.oid) AS bytes,
+           current_setting('block_size')::int AS block,
+           array(SELECT a.attname::text FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = '' ORDER BY a.attnum) AS columns
+    FROM ({USER_TABLES}) t
+    JOIN pg_namespace n ON n.nspname = t.nspname
+    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.relname
+    ORDER BY 1, 2
+"""
+
+
+class _Stopped(DbopsError):
+    """A worker stopping because another one failed: never the reported cause."""
+
+
+@dataclass
+class TablePart:
+    """One data object to write: a whole table, or a range of its pages."""
+
+    name: str
+    schema: str
+    table: str
+    columns: list[str]
+    size: int  # bytes on disk of what this part reads (for ordering, largest first)
+    pages: tuple[int | None, int | None] = (None, None)  # [from, to) pages; None: open end
+
+    @property
+    def chunk(self) -> str | None:
+        if self.pages == (None, None):
+            return None
+        start, end = self.pages
+        return f"ctid >= '({start or 0},0)'" + (f" AND ctid < '({end},0)'" if end else "")
+
+    def query(self) -> sql.Composed:
+        target = sql.Identifier(self.schema, self.table)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        if self.chunk is None:
+            listed = sql.SQL(" ({})").format(columns) if self.columns else sql.SQL("")
+            return sql.SQL("COPY {}{} TO STDOUT").format(target, listed)
+        start, end = self.pages
+        where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start or 0},0)"))
+        if end is not None:
+            where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
+        return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT").format(
+            columns, target, where
+        )
+
+
+def plan_parts(
+    conn: psycopg.Connection, backup_id: str, compression: str, chunk_bytes: int, after: str = ""
+) -> list[TablePart]:
+    """Every user table as one part, or several ctid ranges when it is over `chunk_bytes`.
+    The last range has no end, so rows on pages added since the size was read are kept."""
+    suffix = ".copy" + COMPRESSED_SUFFIX[compression] + after
+    parts: list[TablePart] = []
+    for index, (schema, table, size, block, columns) in enumerate(conn.execute(PLAN_QUERY), 1):
+        pages = int(size) // int(block)
+        count = min(-(-int(size) // chunk_bytes), pages) if columns else 1
+        if count <= 1:
+            parts.append(
+                TablePart(f"{backup_id}.t{index:05d}{suffix}", schema, table, columns, size)
+            )
+            continue
+        bounds = [pages * i // count for i in range(count)] + [None]
+        for i in range(count):
+            start, end = bounds[i], bounds[i + 1]
+            parts.append(
+                TablePart(
+                    f"{backup_id}.t{index:05d}-{i + 1:03d}{suffix}",
+                    schema,
+                    table,
+                    columns,
+                    size // count,
+                    (start if i else None, end),
+                )
+            )
+    return parts
+
+
+def usable_jobs(conn: psycopg.Connection, jobs: int) -> int:
+    """At most half the connection slots left (each worker may run a pg_dump beside it)."""
+    return max(1, min(jobs, free_connection_slots(conn) // 2))
+
+
+def lock_tables(conn: psycopg.Connection, parts: list[TablePart]) -> None:
+    """ACCESS SHARE on every table in the snapshot's transaction, as pg_dump takes: no
+    TRUNCATE or DROP can slip in between the snapshot and a worker's COPY."""
+    tables = sorted({(p.schema, p.table) for p in parts})
+    for start in range(0, len(tables), LOCK_BATCH):
+        names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables[start : start + LOCK_BATCH])
+        try:
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+        except psycopg.errors.OutOfMemory:
+            raise LockTableFullError("lock table full") from None
+
+
+@dataclass
+class _Copier:
+    """Worker threads, each with its own connection in the exported snapshot."""
+
+    info: ConnInfo
+    snapshot: str
+    destination: Destination
+    compression: str
+    level: int
+    threads: int
+    progress: ProgressCallback | None
+    recipients: Recipients | None = None
+    failed: threading.Event = field(default_factory=threading.Event)
+    raw_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    local: threading.local = field(default_factory=threading.local)
+    connections: list[psycopg.Connection] = field(default_factory=list)
+
+    def connection(self) -> psycopg.Connection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.info.connect()
+            with self.lock:
+                self.connections.append(conn)
+            # As pg_dump: rows hidden by row security fail the backup instead of missing.
+            conn.execute(
+                "SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; "
+                "SET idle_in_transaction_session_timeout = 0"
+            )
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
+            self.local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self.connections:
+            conn.close()
+
+    def _count(self, size: int) -> None:
+        with self.lock:  # one progress call at a time, whichever worker
+            self.raw_bytes += size
+            if self.progress:
+                self.progress(self.raw_bytes)
+
+    def _batches(self, copy: psycopg.Copy, rows: list[int]) -> Iterator[bytes]:
+        """COPY's rows joined into CHUNK_SIZE pieces; rows counted at C speed (one line each)."""
+        held: list[bytes] = []
+        size = 0
+        for row in copy:
+            held.append(row)
+            size += len(row)
+            if size >= CHUNK_SIZE:
+                if self.failed.is_set():
+                    raise _Stopped("another part of the backup failed")
+                yield self._counted(held, rows)
+                held, size = [], 0
+        if held:
+            yield self._counted(held, rows)
+
+    def _counted(self, held: list[bytes], rows: list[int]) -> bytes:
+        data = b"".join(held)
+        rows[0] += data.count(b"\n")
+        rows[1] += len(data)
+        self._count(len(data))
+        return data
+
+    def copy_part(self, part: TablePart) -> DataObject:
+        """One part streamed out of the snapshot into its object: complete, or not at all."""
+        conn = self.connection()
+        rows = [0, 0]  # lines, bytes
+        hasher = hashlib.sha256()
+        stored = 0
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
+                sql.Identifier(part.schema, part.table)
+            )
+        )
+        with self.destination.open_write(part.name) as sink, conn.cursor() as cursor:
+            with cursor.copy(part.query()) as copy:
+                pieces = compress_stream(
+                    self._batches(copy, rows), self.compression, self.level, self.threads
+                )
+                if self.recipients is not None:
+                    pieces = encrypt_chunks(pieces, self.recipients)
+                for piece in pieces:
+                    hasher.update(piece)
+                    sink.write(piece)
+                    stored += len(piece)
+            if cursor.rowcount != rows[0]:  # inside the write: a mismatch stores nothing
+                raise DbopsError(
+                    f"COPY of {part.schema}.{part.table} reported {cursor.rowcount} rows but "
+                    f"the stream held {rows[0]}; no backup was stored"
+                )
+        return DataObject(
+            name=part.name,
+            size=stored,
+            sha256=hasher.hexdigest(),
+            raw_size=rows[1],
+            table=f"{part.schema}.{part.table}",
+            relation=[part.schema, part.table],
+            columns=part.columns,
+            rows=rows[0],
+            chunk=part.chunk,
+        )
+
+
+def _exclusions(pg_dump: ClientTool, parts: list[TablePart]) -> tuple[list[str], bytes | None]:
+    """pg_dump arguments that leave out the tables the workers copy (all other data stays)."""
+    tables = sorted({(p.schema, p.table) for p in parts})
+    patterns = ['"{}"."{}"'.format(s.replace('"', '""'), t.replace('"', '""')) for s, t in tables]
+    if pg_dump.major >= 17:  # --filter: a list on stdin, whatever the number of tables
+        lines = "".join(f"exclude table_data {p}\n" for p in patterns)
+        return ["--filter=-"], lines.encode()
+    return [f"--exclude-table-data={p}" for p in patterns], None
+
+
+def run_parallel_backup(
+    request: BackupRequest, progress: ProgressCallback | None = None
+) -> Manifest:
+    """Schema, the rest of the data section and every table's rows, then the manifest."""
+    info = request.conn
+    destination = request.destination
+    destination.check_writable()
+    written: list[str] = []
+    started = time.perf_counter()
+    with info.connect() as snapshot_conn:
+        major, full_version = server_version(snapshot_conn)
+        identity = read_server_identity(snapshot_conn, info)
+        roles = referenced_roles(snapshot_conn)
+        pg_dump = find_client_tool("pg_dump", major)
+        jobs = usable_jobs(snapshot_conn, request.jobs)
+        snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = str(snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+        started_at = datetime.now(UTC)
+        after = AGE_SUFFIX if request.recipients else ""
+        parts = plan_parts(snapshot_conn, "ID", request.compression, request.chunk_bytes, after)
+        rest_suffix = ".data.sql" + COMPRESSED_SUFFIX[request.compression] + after
+        schema_suffix = dump_suffix("parallel", request.compression) + after
+        suffixes = ([GLOBALS_SUFFIX] if request.include_globals else []) + [
+            schema_suffix,
+            rest_suffix,
+            *(p.name.removeprefix("ID") for p in parts),
+        ]
+        claim = claim_backup_id(destination, info.dbname, started_at, suffixes, identity)
+        backup_id = claim.backup_id
+        for part in parts:
+            part.name = backup_id + part.name.removeprefix("ID")
+        copier = _Copier(
+            info,
+            snapshot,
+            destination,
+            request.compression,
+            request.level,
+            max(1, default_threads() // jobs),
+            progress,
+            request.recipients,
+        )
+        try:
+            try:
+                lock_tables(snapshot_conn, parts)
+            except LockTableFullError:
+                snapshot_conn.execute("ROLLBACK")
+                raise lock_table_advice(snapshot_conn) from None
+            globals_info = None
+            if request.include_globals:
+                globals_info = dump_globals(request, major, backup_id, written)
+            base = [pg_dump.path, "--no-password", f"--snapshot={snapshot}"]
+            schema_command = [
+                *base,
+                "--format=custom",
+                custom_format_compress_option(pg_dump, request.compression, request.level),
+                "--section=pre-data",
+                "--section=post-data",
+            ]
+            excluded, filter_lines = _exclusions(pg_dump, parts)
+            rest_command = [*base, "--format=plain", "--section=data", *excluded]
+
+            def dump(command: list[str], name: str, compression: str, stdin: bytes | None):
+                stats = stream_command_to(
+                    command,
+                    info.child_env(),
+                    destination,
+                    name,
+                    compression,
+                    request.level,
+                    info.password,
+                    stdin_data=stdin,
+                    recipients=request.recipients,
+                )
+                with copier.lock:
+                    written.append(name)
+                return stats
+
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="copy") as pool:
+                schema_job = pool.submit(
+                    dump, schema_command, backup_id + schema_suffix, "none", None
+                )
+                rest_job = pool.submit(
+                    dump, rest_command, backup_id + rest_suffix, request.compression, filter_lines
+                )
+
+                def copy(part: TablePart) -> DataObject:
+                    if copier.failed.is_set():
+                        raise _Stopped("another part of the backup failed")
+                    try:
+                        result = copier.copy_part(part)
+                    except BaseException:
+                        copier.failed.set()
+                        raise
+                    with copier.lock:
+                        written.append(part.name)
+                    return result
+
+                table_jobs = [pool.submit(copy, p) for p in sorted(parts, key=lambda p: -p.size)]
+                done, _ = wait([schema_job, rest_job, *table_jobs], return_when=FIRST_EXCEPTION)
+                failures = [f.exception() for f in done if f.exception()]
+                failures.sort(key=lambda e: isinstance(e, _Stopped))  # the first cause first
+                failure = failures[0] if failures else None
+                if failure is not None:
+                    copier.failed.set()
+                    for job in table_jobs:
+                        job.cancel()
+                    raise _explain(failure) from None
+                schema_stats, rest_stats = schema_job.result(), rest_job.result()
+                objects = [job.result() for job in table_jobs]
+            rest = DataObject(
+                name=backup_id + rest_suffix,
+                size=rest_stats.stored_bytes,
+                sha256=rest_stats.sha256,
+                raw_size=rest_stats.raw_bytes,
+            )
+            objects.sort(key=lambda o: o.name)
+            counts = {f"{p.schema}.{p.table}": 0 for p in parts}
+            for obj in objects:
+                counts[obj.table or ""] += obj.rows or 0
+            finished_at = datetime.now(UTC)
+            from tasks import __version__
+
+            seconds = time.perf_counter() - started
+            stored = schema_stats.stored_bytes + rest.size + sum(o.size for o in objects)
+            manifest = Manifest(
+                backup_id=backup_id,
+                database=info.dbname,
+                source=info.redacted(),
+                server=identity,
+                server_version=full_version,
+                pg_dump_version=pg_dump.version,
+                format="parallel",
+                compression=request.compression,  # type: ignore[arg-type]
+                compression_level=request.level,
+                dump=ObjectInfo(
+                    name=backup_id + schema_suffix,
+                    size=schema_stats.stored_bytes,
+                    sha256=schema_stats.sha256,
+                    raw_size=schema_stats.raw_bytes,
+                ),
+                globals=globals_info,
+                encryption=request.recipients.encryption() if request.recipients else None,
+                objects=[rest, *objects],
+                jobs=jobs,
+                started_at=started_at,
+                finished_at=finished_at,
+                duration_seconds=round((finished_at - started_at).total_seconds(), 3),
+                row_counts=counts,
+                roles=roles,
+                labels=request.labels,
+                stages={
+                    "seconds": round(seconds, 3),
+                    "jobs": jobs,
+                    "objects": len(objects) + 2,
+                    "raw_mb": round((copier.raw_bytes + rest_stats.raw_bytes) / 2**20, 3),
+                    "stored_mb": round(stored / 2**20, 3),
+                },
+                dbops_version=__version__,
+            )
+            write_manifest(destination, manifest)
+            return manifest
+        except BaseException:
+            copier.failed.set()
+            for name in [*written, claim.name]:  # a backup that never got its manifest
+                destination.delete(name)
+            raise
+        finally:
+            copier.close()
+            if not snapshot_conn.closed:
+                snapshot_conn.execute("ROLLBACK")
+
+
+def _explain(failure: BaseException) -> BaseException:
+    if isinstance(failure, psycopg.errors.LockNotAvailable):
+        return DbopsError(
+            f"a table was locked exclusively during the backup ({first_line(failure)}); "
+            "no backup was stored, run it again when no DDL is running"
+        )
+    if isinstance(failure, psycopg.Error):
+        return DbopsError(f"copying a table failed ({first_line(failure)}); no backup was stored")
+    return failure

@@ -1,0 +1,174 @@
+"""The parallel format: one snapshot copied by N workers into one object per table (large
+tables in ctid chunks) on moto's S3 server, restored by N loaders through the scratch
+database and swap, exactly; a damaged object or a killed backup never passes for a backup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
+from tasks.backup.row_counts import table_row_counts
+from tasks.core.errors import BackupFaultError
+from tasks.core.postgres import ConnInfo
+from tasks.core.settings import s3_options_from_env
+from tasks.restore.readback import read_back_dump
+from tasks.retention.inventory import backup_object_names, take_inventory
+from tasks.storage.destinations import Destination
+from tests.backup_helpers import invoke_dbops, object_names
+from tests.conftest import REPO, content_checksums, new_database, psql, schema_dump
+
+EXTRAS = """
+CREATE TABLE empty_one (id integer PRIMARY KEY, note text);
+CREATE TABLE loose (a integer, b text, doubled integer GENERATED ALWAYS AS (a * 2) STORED);
+INSERT INTO loose (a, b)
+SELECT i, repeat('x', i % 100) || E'\\n\\ttab\\\\' || i FROM generate_series(1, 30000) i;
+SELECT nextval('billing.invoice_number') FROM generate_series(1, 3);
+"""
+
+
+def scalar(url: str, query: str):
+    with ConnInfo.parse(url).connect() as conn:
+        return conn.execute(query).fetchone()[0]  # type: ignore[index]
+
+
+def scratch_databases(url: str) -> list[str]:
+    with ConnInfo.parse(url).with_dbname("postgres").connect() as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE '%%\\_\\_dbops\\_%%'"
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
+    prefect, pg, rich_db, bucket, s3_client
+):
+    psql(rich_db, "-q", "-c", EXTRAS)
+    url = f"s3://{bucket}/parallel"
+    destination = Destination.from_url(url, s3_options_from_env())
+    backed_up = invoke_dbops(
+        "backup", "--format", "parallel", "--jobs", "2", "--chunk-mb", "1", "--to", url,
+        "--database-url", rich_db, "--json",
+    )  # fmt: skip
+    assert backed_up.exit_code == 0, backed_up.output
+    manifest = Manifest.model_validate(json.loads(backed_up.output))
+
+    # One object per table, the large one in ctid chunks, rows counted from the stream.
+    assert manifest.format == "parallel" and manifest.jobs == 2
+    loose = [o for o in manifest.objects if o.table == "public.loose"]
+    assert len(loose) > 1 and all(o.chunk for o in loose)
+    assert sum(o.rows or 0 for o in loose) == manifest.row_counts["public.loose"] == 30000
+    assert manifest.row_counts["public.empty_one"] == 0
+    with ConnInfo.parse(rich_db).connect() as conn:
+        assert manifest.row_counts == table_row_counts(conn)
+    rest = [o for o in manifest.objects if o.table is None]
+    assert len(rest) == 1  # sequences and large objects: pg_dump's data section, tables left out
+    # Every stored object is the manifest's, and prune's list of the backup names them all.
+    stored = {n for n in object_names(destination) if n.startswith(manifest.backup_id + ".")}
+    assert stored == set(backup_object_names(manifest, stored)) - {
+        manifest.backup_id + ".verified.json"
+    }
+    assert read_back_dump(destination, manifest).stored_bytes == manifest.dump.size
+
+    # Restore from S3 by two loaders, then verify: content, schema, sequence values exact.
+    target = new_database(pg, "parallel_target")
+    result = invoke_dbops(
+        "restore", manifest.backup_id, "--from", url, "--database-url", target, "--jobs", "2",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    restored = json.loads(result.output)
+    assert restored["checksum_verified"] and restored["row_counts_checked"]
+    assert restored["mismatched_tables"] == {}
+    assert content_checksums(target) == content_checksums(rich_db)
+    assert "pg_largeobject" in content_checksums(target)
+    assert schema_dump(target) == schema_dump(rich_db)
+    sequence = "SELECT last_value, is_called FROM billing.invoice_number"
+    assert scalar(target, sequence) == scalar(rich_db, sequence)
+
+    verified = invoke_dbops(
+        "verify", manifest.backup_id, "--from", url, "--database-url", rich_db, "--json"
+    )
+    assert verified.exit_code == 0, verified.output
+    record = json.loads(verified.output)
+    assert record["ok"] and record["row_counts_match"], record
+
+    # One flipped byte in one chunk: the restore fails before the swap, the target untouched.
+    victim = loose[len(loose) // 2].name
+    key = f"parallel/{victim}"
+    data = bytearray(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    psql(target, "-q", "-c", "INSERT INTO empty_one VALUES (1, 'only in the target')")
+    before = content_checksums(target)
+    failed = invoke_dbops(
+        "restore", manifest.backup_id, "--from", url, "--database-url", target, "--clean"
+    )
+    assert failed.exit_code != 0
+    assert victim in failed.output or "corrupt" in failed.output, failed.output
+    assert content_checksums(target) == before
+    assert scratch_databases(target) == []
+    with pytest.raises(BackupFaultError):
+        read_back_dump(destination, manifest)
+
+
+KILLED = """
+import sys, time
+from pathlib import Path
+from tasks.backup.parallel import run_parallel_backup
+from tasks.backup.pipeline import BackupRequest
+from tasks.core.postgres import ConnInfo
+from tasks.storage.destinations import Destination
+
+url, where, marker = sys.argv[1:]
+calls = []
+
+def progress(raw: int) -> None:
+    calls.append(raw)
+    if len(calls) == 3:  # some objects are stored by now: die here, before the manifest
+        Path(marker).touch()
+        time.sleep(120)
+
+request = BackupRequest(ConnInfo.parse(url), Destination.from_url(where), "parallel", jobs=1,
+                        chunk_bytes=64 * 1024)
+run_parallel_backup(request, progress)
+"""
+
+
+def test_a_killed_parallel_backup_leaves_no_manifest(pg, tmp_path):
+    url = new_database(pg, "killed")
+    psql(
+        url, "-q", "-c",
+        "CREATE TABLE t (id integer PRIMARY KEY, body text);"
+        "INSERT INTO t SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 20000) i",
+    )  # fmt: skip
+    where, marker = tmp_path / "backups", tmp_path / "marker"
+    where.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED, url, str(where), str(marker)], cwd=REPO, env=os.environ
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the backup never got going"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+    destination = Destination.from_url(str(where))
+    names = object_names(destination)
+    assert any(".t00001-" in n for n in names)  # chunks were stored...
+    assert not any(n.endswith(MANIFEST_SUFFIX) for n in names)  # ...but no manifest
+    assert list_manifests(destination) == []
+    (started,) = take_inventory(destination).started  # prune's to clean, claim last
+    assert set(started.present) == {n for n in names if not Path(n).name.startswith(".")}
+    assert started.present[-1].endswith(".started.json")
