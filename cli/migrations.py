@@ -13,6 +13,7 @@ from cli.app import (
     JsonFlag,
     app,
     emit,
+    error_line,
     fail,
     run_flow,
     use_database_url,
@@ -99,11 +100,41 @@ def migrate(
     start_app: StartApp = None,
     stop_app_at: StopAppAt = "swap",
     app_timeout: AppTimeout = 300,
+    rehearse: Annotated[
+        bool,
+        typer.Option(
+            "--rehearse",
+            help="only rehearse: restore the newest verified backup into a scratch database, "
+            "apply the pending migrations there with every statement's locks observed, report, "
+            "drop it; production is not touched (exit 1 on a failure or a red statement)",
+        ),
+    ] = False,
+    require_rehearsal: Annotated[
+        bool,
+        typer.Option(
+            "--require-rehearsal",
+            help="rehearse first and migrate only when the rehearsal passes",
+        ),
+    ] = False,
+    max_lock_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="rehearsal: a lock blocking writes held longer than this on an existing table "
+            "is red",
+        ),
+    ] = 5,
+    backup: Annotated[
+        str,
+        typer.Option(
+            "--backup", help="rehearsal: the backup to restore (default: newest verified)"
+        ),
+    ] = "latest",
     as_json: JsonFlag = False,
 ) -> None:
     """Back up, migrate, verify; restore the backup if something applied fails (with
     --stop-app/--start-app, the application is stopped for that restore). Exit 0 only
-    when the migration is applied and verified."""
+    when the migration is applied and verified. --rehearse: try it on a restored copy."""
     from flows.migrate import migrate_database
     from tasks.migrations.outcomes import MigrationStatus
 
@@ -120,6 +151,24 @@ def migrate(
         if not migrations and not repair:
             fail("no migrations found; pass --migrations DIR or --command 'alembic upgrade head'")
         migrations = os.path.abspath(migrations) if migrations else None
+    if rehearse:
+        if repair or dry_run:
+            fail("--rehearse changes nothing already; not with --repair or --dry-run")
+        _rehearse(
+            as_json,
+            migrations=migrations,
+            command=command,
+            source=backup,
+            backup_url=to,
+            max_lock_seconds=max_lock_seconds,
+            workdir=workdir,
+            verify_sql=os.path.abspath(verify_sql) if verify_sql else None,
+            verify_command=verify_command,
+            builtin_checks=builtin_checks,
+            lock_timeout_seconds=lock_timeout,
+            statement_timeout_seconds=statement_timeout,
+        )
+        return
     result = run_flow(
         migrate_database,
         backup_url=to,
@@ -138,6 +187,8 @@ def migrate(
         slot_wait_seconds=slot_wait,
         repair=repair,
         application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
+        require_rehearsal=require_rehearsal,
+        max_lock_seconds=max_lock_seconds,
     )
     plan = result.plan
     if result.status == MigrationStatus.REPAIRED:
@@ -165,6 +216,39 @@ def migrate(
             f"  {len(result.checks or [])} checks passed",
         ]
     emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
+
+
+def _rehearse(as_json: bool, **parameters: object) -> None:
+    """Run rehearse-migration; print its report (also when red), exit 1 unless it passed."""
+    from flows.rehearse import rehearse_migration
+    from tasks.migrations.rehearsal import RehearsalReport
+    from tasks.migrations.rehearsal_report import verdict
+
+    try:
+        state = rehearse_migration(**parameters, return_state=True)
+    except DbopsError as exc:
+        fail(error_line(exc))
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, RehearsalReport):
+        if isinstance(report, BaseException):
+            fail(error_line(report))
+        fail((state.message or state.name).strip().splitlines()[0])
+    lines = [verdict(report)]
+    for migration in report.migrations:
+        lines.append(f"  {migration.id}: {migration.rating}, {migration.seconds:.3f} s")
+        for s in migration.statements:
+            locks = ", ".join(
+                f"{e.lock} on {e.relation} {e.held_seconds:.3f} s"
+                + (" (rewritten)" if e.rewritten else "")
+                for e in s.effects
+                if e.lock
+            )
+            lines.append(f"    {s.index} line {s.line} {s.rating}: {s.sql}  [{locks or '-'}]")
+            lines += [f"      why: {r}" for r in s.reasons]
+            lines += [f"      safer: {a}" for a in s.advice]
+    emit(report, as_json, "\n".join(lines))
+    if not state.is_completed():
+        raise typer.Exit(1)
 
 
 @app.command()

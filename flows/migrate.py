@@ -24,10 +24,11 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from pydantic import Field
 
+from flows.rehearse import rehearse_migration
 from tasks.application.commands import AppHooksParameter, ApplicationHooks
 from tasks.application.hooks import APPLICATION_HOOKS, merged
 from tasks.core.errors import DbopsError, ParameterError, first_line
-from tasks.core.parameters import DatabaseUrl, SlotWait, documented
+from tasks.core.parameters import DatabaseUrl, MaxLockSeconds, SlotWait, documented
 from tasks.core.settings import reject_inline_password
 from tasks.migrations.checks import read_checks_file
 from tasks.migrations.ending import Ending, decide, ending_message, seen_progress
@@ -156,6 +157,15 @@ def migrate_database(
         ),
     ] = False,
     application: AppHooksParameter = None,
+    require_rehearsal: Annotated[
+        bool,
+        Field(
+            description="first rehearse on a copy restored from the newest verified backup "
+            "(rehearse-migration); refuse to migrate when the rehearsal fails or a statement "
+            "holds a blocking lock longer than max_lock_seconds"
+        ),
+    ] = False,
+    max_lock_seconds: MaxLockSeconds = 5,
 ) -> MigrationSummary | State:
     """Back up, migrate, verify; restore the backup if something applied fails. Completed only
     when the migration is applied and verified."""
@@ -188,6 +198,27 @@ def migrate_database(
         plan, _ = plan_migrations(database_url, migrations, command, target_version)
         publish_plan(plan)
         return MigrationSummary.of(plan, MigrationStatus.PLANNED)
+
+    if require_rehearsal and not repair:
+        rehearsal = rehearse_migration(
+            database_url=database_url,
+            migrations=migrations,
+            command=command,
+            backup_url=backup_url,
+            max_lock_seconds=max_lock_seconds,
+            workdir=workdir,
+            verify_sql=verify_sql,
+            verify_command=verify_command,
+            builtin_checks=builtin_checks,
+            lock_timeout_seconds=lock_timeout_seconds,
+            statement_timeout_seconds=statement_timeout_seconds,
+            command_timeout_seconds=command_timeout_seconds,
+            s3=s3,
+            return_state=True,
+        )
+        if not rehearsal.is_completed():
+            raise DbopsError(f"not migrated: {_refusal(rehearsal)}")
+        logger.info("%s", rehearsal.message)
 
     run_id = str(flow_run.id or "local")
     summary: MigrationSummary | None = None
@@ -256,6 +287,14 @@ def migrate_database(
     migration_finished(summary, database_url)
     logger.info("Migration of %s applied and verified", plan.database)
     return summary
+
+
+def _refusal(rehearsal: State) -> str:
+    """Why the rehearsal refused: its verdict, or the error that stopped it."""
+    outcome = rehearsal.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        return f"the rehearsal failed: {first_line(outcome)}"
+    return (rehearsal.message or rehearsal.name or "the rehearsal did not complete").strip()
 
 
 def _settle(

@@ -1,7 +1,7 @@
 """CD end to end: a real `prefect server`, a process worker, `prefect deploy` of
 migrate-database/cd, and `prefect deployment run ... --watch` as a CD job runs it: exit code 0
-for a good migration, 1 for a bad one (nothing applied, so nothing restored), no password
-anywhere in Prefect."""
+for a good migration, 1 for a bad one (nothing applied, so nothing restored), 1 when the
+rehearsal it requires refuses (production not touched), no password anywhere in Prefect."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import content_checksums, new_database, schema_dump
 from tests.prefect_server import PrefectServer, prefect_server  # noqa: F401
 from tests.test_migrate import BASE_SCHEMA, execute, write_migrations
+from tests.test_rehearse import back_up_and_verify, rehearsal_copies
 
 # One real Prefect server per test worker: every module that uses it runs on the same one.
 pytestmark = pytest.mark.xdist_group("prefect_server")
@@ -32,6 +33,7 @@ def test_cd_run_exit_codes_and_rollback(prefect_server: PrefectServer, pg, tmp_p
     assert deployment["enforce_parameter_schema"] and not deployment["schedules"]
     schema = deployment["parameter_openapi_schema"]["properties"]
     assert "Prisma" in schema["migrations"]["description"]
+    assert schema["require_rehearsal"]["default"] is False
 
     root = write_migrations(
         tmp_path / "m",
@@ -70,3 +72,23 @@ def test_cd_run_exit_codes_and_rollback(prefect_server: PrefectServer, pg, tmp_p
         logs = prefect_server.logs(flow_run["id"])
         assert any("Pre-migration backup" in line for line in logs)
         assert not any(password in line for line in logs)
+
+    # Gating: the rehearsal on a copy of the newest verified backup finds the plain CREATE
+    # INDEX holding SHARE longer than the limit, so the production migration never starts.
+    (root / "0002_broken.sql").unlink()
+    (root / "0002_index.sql").write_text('CREATE INDEX message_user ON "Message" (user_id);\n')
+    back_up_and_verify(pg.url(dbname, password=""), backups)
+    before = (schema_dump(url), content_checksums(url))
+    gated = prefect_server.cli(
+        *run[:-5], "--param", "require_rehearsal=true", "--param", "max_lock_seconds=0",
+        *run[-5:],
+    )  # fmt: skip
+    assert gated.returncode == 1, gated.stdout[-3000:] + prefect_server.log_tail("worker")
+    assert (schema_dump(url), content_checksums(url)) == before
+    refused = prefect_server.flow_runs(DEPLOYMENT)[0]
+    assert refused["state"]["type"] == "FAILED"
+    message = refused["state"]["message"]
+    assert "not migrated: rehearsal of" in message and "refuses the migration" in message
+    assert 'held SHARE on public."Message"' in message and "0002_index" in message
+    assert not any("Pre-migration backup" in line for line in prefect_server.logs(refused["id"]))
+    assert rehearsal_copies(pg) == []

@@ -72,17 +72,21 @@ def resolve_source(
     database: str | None = None,
     from_server: str | None = None,
     home: ConnInfo | None = None,
+    verified_only: bool = False,
 ) -> BackupSource:
     """Turn what the user typed into a dump object, with its manifest when there is one.
 
     `latest` is the newest backup of `database` from one server: `from_server` when given,
-    else the server `home` is on when it has backups of it, else the only server that has.
+    else the server `home` is on when it has backups of it, else the only server that has;
+    with `verified_only`, the newest that passed a restore test (`dbops verify`).
     """
     if not source:
         raise DbopsError("no backup given; pass a path, an s3:// URL, a backup id or `latest`")
     if source == "latest":
         destination = Destination.from_url(backup_url, s3)
-        manifest = choose_latest(destination, database, from_server, home)
+        manifest = choose_latest(
+            destination, database, from_server, home, verified_only=verified_only
+        )
         return _from_manifest(destination, manifest)
     if "/" not in source and "://" not in source and not os.path.exists(source):
         destination = Destination.from_url(backup_url, s3)
@@ -145,9 +149,11 @@ def choose_latest(
     from_server: str | None = None,
     home: ConnInfo | None = None,
     now: datetime | None = None,
+    verified_only: bool = False,
 ) -> Manifest:
     """The newest trustworthy backup of one (server, database); refuses to guess between
-    servers and never takes a backup dated in the future."""
+    servers and never takes a backup dated in the future. `verified_only`: only backups whose
+    restore test passed."""
     now = now or datetime.now(UTC)
     where = f" of database {database!r}" if database else ""
     manifests = list_manifests(destination, database)
@@ -156,6 +162,14 @@ def choose_latest(
             f"no backup{where} found under {destination.url}; "
             "run `dbops backup` first or pass --to / BACKUP_URL"
         )
+    if verified_only:
+        manifests = [m for m in manifests if m.verification and m.verification.ok]
+        if not manifests:
+            raise NotFoundError(
+                f"no verified backup{where} under {destination.url}: a rehearsal restores only "
+                "a backup that passed a restore test; run `dbops verify latest` first, or name "
+                "a backup"
+            )
     dated = [m for m in manifests if not in_the_future(m.started_at, now)]
     if not dated:
         raise NotFoundError(

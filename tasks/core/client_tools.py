@@ -1,4 +1,5 @@
-"""The one place that finds PostgreSQL client tools (pg_dump, psql, pg_restore, pg_dumpall).
+"""The one place that finds PostgreSQL client tools (pg_dump, psql, pg_restore, pg_dumpall)
+and the squawk migration linter.
 
 Preference: PG_BIN_DIR, PATH, Debian's /usr/lib/postgresql/*/bin, and last the
 embedded wheel, whose libpq is built without OpenSSL.
@@ -10,7 +11,9 @@ import glob
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -101,3 +104,17 @@ def find_client_tool(name: str, min_major: int) -> ClientTool:
         f"no {name} with major version >= {min_major} found (found: {found}); "
         f"install PostgreSQL {min_major} client tools or set PG_BIN_DIR to their bin directory"
     )
+
+
+def find_squawk() -> str:
+    """The squawk linter (PyPI `squawk-cli`): the one beside this Python first, then PATH."""
+    beside = Path(sys.executable).parent / "squawk"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("squawk")
+    if found is None:
+        raise DbopsError(
+            "squawk (the migration linter) not found; install it with `uv add squawk-cli` "
+            "(or `pip install squawk-cli`) or put it on PATH"
+        )
+    return found

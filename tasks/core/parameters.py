@@ -129,3 +129,15 @@ def describe(annotation: Any) -> str:
 def field_help(model: type[BaseModel], name: str) -> str:
     """A pydantic model field's description, for the CLI flag that sets it."""
     return model.model_fields[name].description or ""
+
+
+MaxLockSeconds = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=3600,
+        description="rehearsal: a statement holding a lock that blocks writes (SHARE or "
+        "stronger) on an existing table longer than this on the copy is red and refuses the "
+        "migration",
+    ),
+]

@@ -172,6 +172,16 @@ class ConnInfo:
             raise explain_connect_error(exc, self) from None
 
 
+def url_with_dbname(url: str, dbname: str) -> str:
+    """The same connection URL (URI or key=value) naming another database, for a tool that
+    reads DATABASE_URL (the rehearsal's scratch copy)."""
+    text = url.strip()
+    if "://" in text:
+        return urlunsplit(urlsplit(text)._replace(path="/" + quote(dbname, safe="")))
+    escaped = dbname.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{text} dbname='{escaped}'"
+
+
 # Characters that end or split the user:password part of a URI, so libpq would read a piece
 # of the password as the host, the port or the database (and name it in its errors).
 _USERINFO_BREAKERS = re.compile(r"[@/?#\[\]\s]|%(?![0-9A-Fa-f]{2})")

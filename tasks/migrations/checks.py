@@ -10,6 +10,7 @@ no constraint left NOT VALID that was not so before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,8 @@ from pydantic import BaseModel, Field
 
 from tasks.core.errors import DbopsError, ParameterError, first_line
 from tasks.core.postgres import ConnInfo
+from tasks.core.settings import Settings
+from tasks.migrations.command import run_command
 from tasks.migrations.statements import split_statements
 
 MAX_ROWS = 1000
@@ -162,3 +165,31 @@ def failure_summary(results: list[CheckResult]) -> str | None:
         return None
     parts = "; ".join(f"{r.name}: {r.detail}" for r in failed)
     return f"verification failed ({len(failed)} of {len(results)} checks): {parts}"
+
+
+def run_checks(
+    settings: Settings,
+    baseline: SchemaBaseline,
+    builtin: bool,
+    checks_sql: str | None,
+    checks_source: str,
+    verify_command: str | None,
+    workdir: str | None,
+    timeout_seconds: float,
+    log: Callable[[str], None],
+) -> list[CheckResult]:
+    """Every check on the database `settings` names, all of them run (production after a
+    migration, or the rehearsal's copy); failures are results, not raised."""
+    info = settings.connection()
+    results: list[CheckResult] = []
+    if builtin:
+        results += builtin_checks(info, baseline)
+    if checks_sql is not None:
+        results += sql_checks(info, checks_sql, checks_source)
+    if verify_command:
+        try:
+            run_command(verify_command, settings, workdir, timeout_seconds, log, "verify_command")
+            results.append(CheckResult(name=f"verify command {verify_command!r}", ok=True))
+        except DbopsError as exc:
+            results.append(CheckResult(name="verify command", ok=False, detail=str(exc)))
+    return results

@@ -38,6 +38,14 @@ from tasks.migrations.statements import Statement, split_statements
 RETRY_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock"}
 
 Log = Callable[[str], None]
+# Runs one statement of a migration: (connection, 1-based index, statement). The rehearsal
+# passes one that observes locks and rewrites around the same execution.
+Execute = Callable[[psycopg.Connection, int, Statement], object]
+
+
+def execute_statement(conn: psycopg.Connection, index: int, statement: Statement) -> object:
+    return conn.execute(statement.sql.encode())
+
 
 # The server checks this often that dbops is still connected during a long statement, so a
 # killed dbops (SIGKILL, OOM) does not leave a migration's transaction holding its locks.
@@ -100,6 +108,7 @@ class _Run:
     applied_by: str
     options: RunOptions
     log: Log
+    execute: Execute = execute_statement
 
     def start(self, local: bool) -> None:
         """Bound lock and statement time, and write the history row (finished_at empty)."""
@@ -189,12 +198,14 @@ def apply_migration(
     applied_by: str,
     options: RunOptions,
     log: Log = _quiet,
+    execute: Execute = execute_statement,
 ) -> AppliedResult:
-    """Apply one migration and record it; retried from its start after a lock timeout."""
+    """Apply one migration and record it; retried from its start after a lock timeout.
+    `execute` runs each statement (the rehearsal observes them through it)."""
     statements = split_statements(read_planned(migration))
     with info.connect(autocommit=True) as conn, _cancel_when_interrupted(conn):
         conn.add_notice_handler(lambda d: log(f"{migration.id}: {d.severity} {d.message_primary}"))
-        run = _Run(conn, migration, applied_by, options, log)
+        run = _Run(conn, migration, applied_by, options, log, execute)
         started = time.perf_counter()
         if migration.transactional:
             retries = _apply_in_transaction(run, statements)
@@ -237,7 +248,7 @@ def _apply_in_transaction(run: _Run, statements: list[Statement]) -> int:
                 run.start(local=True)
                 for number, statement in enumerate(statements, start=1):
                     index, current = number, statement
-                    conn.execute(statement.sql.encode())
+                    run.execute(conn, number, statement)
                 finish_history(conn, run.migration)
             return attempt
         except psycopg.Error as exc:
@@ -261,7 +272,7 @@ def _apply_outside_transaction(run: _Run, statements: list[Statement]) -> int:
             attempt = 0
             while True:
                 try:
-                    conn.execute(statement.sql.encode())
+                    run.execute(conn, index, statement)
                     break
                 except psycopg.Error as exc:
                     run.retry_or_raise(statement, index, exc, attempt)

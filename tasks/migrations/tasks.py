@@ -8,25 +8,27 @@ hook, decides whether the backup is restored: only when something was applied.
 
 from __future__ import annotations
 
+import psycopg
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
 
 from tasks.application.commands import ApplicationHooks, ApplicationStartError
 from tasks.application.window import ApplicationWindow
-from tasks.backup.catalog import resolve_source
+from tasks.backup.catalog import resolve_source, with_identity
 from tasks.backup.compression import check_level
 from tasks.backup.tasks import take_backup
-from tasks.core.errors import BackupFaultError, DbopsError, first_line
+from tasks.core.errors import BackupFaultError, DbopsError, SurroundingsError, first_line
+from tasks.core.postgres import maintenance_conn, url_with_dbname
 from tasks.core.settings import Settings
 from tasks.core.slots import database_slot
 from tasks.migrations.checks import (
     CheckResult,
     SchemaBaseline,
-    builtin_checks,
     capture_baseline,
     failure_summary,
-    sql_checks,
+    run_checks,
 )
 from tasks.migrations.command import CommandResult, run_command
 from tasks.migrations.files import Migration, discover_migrations
@@ -39,6 +41,12 @@ from tasks.migrations.outcomes import (
     RunProgress,
 )
 from tasks.migrations.plan import MigrationPlan, build_plan
+from tasks.migrations.rehearsal import (
+    RehearsalChecks,
+    RehearsalReport,
+    rehearse_command,
+    rehearse_migration,
+)
 from tasks.migrations.reset import (
     ResetResult,
     check_confirmation,
@@ -48,6 +56,8 @@ from tasks.migrations.reset import (
 from tasks.migrations.runner import AppliedResult, RunOptions, apply_migration
 from tasks.restore.readback import read_back_dump
 from tasks.restore.restore import run_restore
+from tasks.restore.restore_test import provide_roles
+from tasks.restore.swap import drop, helper_name
 from tasks.storage.destinations import S3Options
 
 
@@ -248,20 +258,17 @@ def verify_schema(
     """Every check runs (so the report lists them all); any failure fails the task."""
     logger = get_run_logger()
     settings = Settings.load(database_url)
-    info = settings.connection()
-    results: list[CheckResult] = []
-    if builtin:
-        results += builtin_checks(info, baseline)
-    if checks_sql is not None:
-        results += sql_checks(info, checks_sql, checks_source)
-    if verify_command:
-        try:
-            run_command(
-                verify_command, settings, workdir, timeout_seconds, logger.info, "verify_command"
-            )
-            results.append(CheckResult(name=f"verify command {verify_command!r}", ok=True))
-        except DbopsError as exc:
-            results.append(CheckResult(name="verify command", ok=False, detail=str(exc)))
+    results = run_checks(
+        settings,
+        baseline,
+        builtin,
+        checks_sql,
+        checks_source,
+        verify_command,
+        workdir,
+        timeout_seconds,
+        logger.info,
+    )
     for result in results:
         logger.info("%s %s %s", "PASS" if result.ok else "FAIL", result.name, result.detail)
     summary = failure_summary(results)
@@ -299,3 +306,148 @@ def drop_and_recreate(
         non_production=reason,
         applied=applied,
     )
+
+
+class RehearsalCopy(BaseModel):
+    """The scratch copy a rehearsal runs in (its password stays in the settings)."""
+
+    database: str = Field(description="the production database it is a copy of")
+    name: str = Field(description="the scratch database")
+    server: str = Field(description="the scratch database's URL, without password")
+    backup_id: str
+    backup_url: str
+    restore_seconds: float
+
+
+@task(name="restore-rehearsal-copy", cache_policy=NO_CACHE)
+def restore_rehearsal_copy(
+    database_url: str | None,
+    verify_database_url: str | None,
+    backup_url: str | None,
+    s3: S3Options | None,
+    source: str,
+    from_server: str | None,
+    identity: str | None,
+) -> RehearsalCopy:
+    """The newest verified backup (or `source`) restored into a new scratch database on the
+    scratch server. Production is only read (which server it is), never written."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url, backup_url, s3, verify_database_url)
+    home, server = settings.connection(), settings.scratch_server()
+    backup = resolve_source(
+        source,
+        settings.backup_url,
+        settings.s3,
+        home.dbname,
+        from_server=from_server,
+        home=home,
+        verified_only=source == "latest",
+    )
+    backup = with_identity(backup, identity or settings.age_identity)
+    if backup.manifest is None:
+        raise DbopsError(
+            f"{backup.url} has no dbops manifest; rehearse on a dbops backup (its checksum and "
+            "row counts are checked on the way in)"
+        )
+    scratch = server.with_dbname(helper_name(home.dbname, "rehearse"))
+    logger.info("Restoring %s into %s for the rehearsal", backup.url, scratch.redacted())
+    with maintenance_conn(scratch) as admin:
+        provide_roles(admin, backup.manifest.roles, server)
+    result = run_restore(backup, scratch)  # creates it; on any failure drops what it made
+    return RehearsalCopy(
+        database=home.dbname,
+        name=scratch.dbname,
+        server=scratch.redacted(),
+        backup_id=backup.manifest.backup_id,
+        backup_url=backup.url,
+        restore_seconds=round(result.seconds, 3),
+    )
+
+
+@task(name="rehearse-migrations", cache_policy=NO_CACHE)
+def rehearse_on_copy(
+    database_url: str | None,
+    verify_database_url: str | None,
+    copy: RehearsalCopy,
+    migrations: str | None,
+    command: str | None,
+    checks: RehearsalChecks,
+    options: RunOptions,
+    max_lock_seconds: float,
+) -> RehearsalReport:
+    """Apply the pending migrations to the copy as production would, every statement observed,
+    then the same checks; nothing here connects to production except to read its plan."""
+    logger = get_run_logger()
+    settings = Settings.load(database_url, None, None, verify_database_url)
+    server_url = settings.verify_database_url or settings.require_database_url()
+    on_copy = settings.model_copy(update={"database_url": url_with_dbname(server_url, copy.name)})
+    scratch = on_copy.connection()
+    report = RehearsalReport(
+        database=copy.database,
+        backup_id=copy.backup_id,
+        backup_url=copy.backup_url,
+        scratch=copy.server,
+        restore_seconds=copy.restore_seconds,
+        max_lock_seconds=max_lock_seconds,
+        mode="command" if command else "directory",
+    )
+    baseline = capture_baseline(scratch)
+    if command:
+        report.migrations.append(
+            rehearse_command(
+                on_copy, command, checks.workdir, checks.timeout_seconds, max_lock_seconds,
+                logger.info,
+            )
+        )  # fmt: skip
+    else:
+        assert migrations is not None
+        plan = build_plan(scratch, migrations, None, None)
+        production = build_plan(settings.connection(), migrations, None, None)  # read only
+        if [m.id for m in production.pending] != [m.id for m in plan.pending]:
+            report.notes.append(
+                f"production has {len(production.pending)} pending "
+                f"({', '.join(m.id for m in production.pending) or 'none'}), the copy of "
+                f"{copy.backup_id} {len(plan.pending)}: back up and verify again for a copy "
+                "as production is now"
+            )
+        with scratch.connect() as conn:
+            major = conn.info.server_version // 10000
+        failed = False
+        for migration in plan.pending:
+            logger.info("Rehearsing %s on %s", migration.id, copy.server)
+            rehearsed = rehearse_migration(
+                scratch, migration, options, max_lock_seconds, major, logger.info, not failed
+            )
+            failed = failed or rehearsed.error is not None
+            report.migrations.append(rehearsed)
+    if not any(m.error for m in report.migrations):
+        report.checks = run_checks(
+            on_copy,
+            baseline,
+            checks.builtin,
+            checks.sql,
+            checks.sql_source,
+            checks.command,
+            checks.workdir,
+            checks.timeout_seconds,
+            logger.info,
+        )
+    report.conclude()
+    return report
+
+
+@task(name="drop-rehearsal-copy", cache_policy=NO_CACHE)
+def drop_rehearsal_copy(
+    database_url: str | None, verify_database_url: str | None, name: str
+) -> None:
+    """Drop the scratch copy (forcing its sessions out); a failure says how to clean up."""
+    server = Settings.load(database_url, None, None, verify_database_url).scratch_server()
+    try:
+        with maintenance_conn(server.with_dbname(name)) as admin:
+            drop(admin, name)
+    except (psycopg.Error, DbopsError) as exc:
+        raise SurroundingsError(
+            f"could not drop the rehearsal's scratch database {name!r} ({first_line(exc)}); "
+            "drop it by hand or with `dbops cleanup --yes`"
+        ) from None
+    get_run_logger().info("Dropped the rehearsal copy %s", name)

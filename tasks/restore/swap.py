@@ -27,7 +27,9 @@ from psycopg.rows import dict_row
 from tasks.core.errors import ConfigError, SurroundingsError, TransientError, first_line
 
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
-LEFTOVER = re.compile(r"^(?P<base>.*)__dbops_(?P<kind>restore|old|verify)_(?P<token>[0-9a-z]+)$")
+LEFTOVER = re.compile(
+    r"^(?P<base>.*)__dbops_(?P<kind>restore|old|verify|rehearse)_(?P<token>[0-9a-z]+)$"
+)
 NAME_BYTES = 63
 # GUCs whose value is a list: ALTER DATABASE SET takes their items as separate literals.
 LIST_SETTINGS = {

@@ -167,7 +167,8 @@ class LeftoverDatabases(BaseModel):
 
 @task(name="clean-up-leftover-databases", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def clean_up_leftovers(database_url: str | None, drop_them: bool) -> LeftoverDatabases:
-    """List `__dbops_restore_`/`__dbops_old_`/`__dbops_verify_` databases; drop them if asked."""
+    """List `__dbops_restore_`/`__dbops_old_`/`__dbops_verify_`/`__dbops_rehearse_` databases;
+    drop them if asked."""
     logger = get_run_logger()
     info = Settings.load(database_url).connection()
     with maintenance_conn(info) as admin:
