@@ -148,7 +148,7 @@ def main() -> int:
     for mid, plain, observed, ratio, told in rows:
         print(
             f"| {mid} | {plain:.3f} | {observed:.3f} | {ratio:.2f} | {told:.3f} | "
-            f"{lint.get(mid, 0):.3f} |"
+            f"{lint.get(mid, sum(lint.values())):.3f} |"
         )
     effect = report.statements[0].effects[0]
     print(
