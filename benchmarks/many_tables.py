@@ -63,6 +63,8 @@ OTHER_COMMANDS = {
     ],
 }
 
+ONE_OFF = {*OTHER_COMMANDS, "restore --clean", "migrate, rolled back"}  # run once per N
+
 
 @dataclass
 class Measured:
@@ -112,7 +114,9 @@ def dbops(bench: Environment, argv: list[str], url: str, path: Path, step: str, 
     ), done.stdout
 
 
-def measure(bench: Environment, n: int, repeat: int, logs: Path) -> list[Measured]:
+def measure(
+    bench: Environment, n: int, repeat: int, logs: Path, backup_only: bool = False
+) -> list[Measured]:
     name = f"tenants_{n}"
     source = fresh_target(bench, name)
     started = time.perf_counter()
@@ -137,6 +141,10 @@ def measure(bench: Environment, n: int, repeat: int, logs: Path) -> list[Measure
             )  # fmt: skip
             results.append(measured)
             backup_ids[fmt] = json.loads(out)["backup_id"]
+        if backup_only:
+            log(f"{n} tables, round {round_}: " + ", ".join(
+                f"{r.step} {r.wall:.1f} s" for r in results[-3:]))  # fmt: skip
+            continue
         target = fresh_target(bench, f"{name}_guide")
         results.append(shell(
             bench, '"$AWS" --endpoint-url "$ENDPOINT" s3 cp "s3://$BUCKET/$KEY" - | gunzip -c '
@@ -160,15 +168,55 @@ def measure(bench: Environment, n: int, repeat: int, logs: Path) -> list[Measure
             f"{n} tables, round {round_}: "
             + ", ".join(f"{r.step} {r.wall:.1f} s" for r in results[-7:])
         )
-    for step, argv in OTHER_COMMANDS.items():
+    for step, argv in ({} if backup_only else OTHER_COMMANDS).items():
         measured, _ = dbops(bench, argv, source, logs / f"{step}-{n}.log", step, n, must=False)
         results.append(measured)
         log(f"{n} tables: {step} {'ok' if measured.ok else 'FAILED: ' + measured.note} "
             f"in {measured.wall:.1f} s")  # fmt: skip
+    if not backup_only:
+        results += rollbacks(bench, n, source, backup_ids["plain"], logs)
     for suffix in ("", "_guide", "_plain", "_custom"):
         with ConnInfo.parse(bench.cluster.url("postgres", password="")).connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}{suffix}" WITH (FORCE)')
     return results
+
+
+def has_column(url: str, table: str, column: str) -> bool:
+    with ConnInfo.parse(url).connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = %s"
+            " AND column_name = %s",
+            (table, column),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def rollbacks(
+    bench: Environment, n: int, source: str, backup_id: str, logs: Path
+) -> list[Measured]:
+    """The two commands that replace a whole N-table database: restore --clean over the source
+    itself, and a migration whose check fails, so its pre-migration backup is restored."""
+    clean, _ = dbops(
+        bench, ["restore", backup_id, "--from", f"s3://{BUCKET}/{PREFIX}", "--clean", "--json"],
+        source, logs / f"restore-clean-{n}.log", "restore --clean", n, must=False,
+    )  # fmt: skip
+    log(f"{n} tables: restore --clean {'ok' if clean.ok else 'FAILED: ' + clean.note} "
+        f"in {clean.wall:.1f} s")  # fmt: skip
+    migrations = logs / f"migrations-{n}"
+    migrations.mkdir()
+    (migrations / "0001_add_flag.sql").write_text("ALTER TABLE tenant_1 ADD COLUMN flag int;\n")
+    failing_check = logs / f"check-{n}.sql"
+    failing_check.write_text("SELECT false;\n")
+    migrate, _ = dbops(
+        bench, ["migrate", "--migrations", str(migrations), "--verify-sql", str(failing_check),
+                "--to", f"s3://{BUCKET}/{PREFIX}", "--json"],
+        source, logs / f"migrate-rollback-{n}.log", "migrate, rolled back", n, must=False,
+    )  # fmt: skip
+    rolled_back = not migrate.ok and not has_column(source, "tenant_1", "flag")
+    migrate.ok, migrate.note = rolled_back, "" if rolled_back else migrate.note or "not restored"
+    log(f"{n} tables: migrate, rolled back {'ok' if rolled_back else 'FAILED: ' + migrate.note} "
+        f"in {migrate.wall:.1f} s")  # fmt: skip
+    return [clean, migrate]
 
 
 def report(results: list[Measured], repeat: int, meta: dict) -> None:
@@ -176,7 +224,7 @@ def report(results: list[Measured], repeat: int, meta: dict) -> None:
         f"\nMachine: {meta['cpu_model']}, {meta['cpus']} CPUs, load before {meta['load_before']}; "
         f"medians of {repeat}; peak RSS of the whole process tree\n"
     )
-    steps = list(dict.fromkeys(r.step for r in results if r.step not in OTHER_COMMANDS))
+    steps = list(dict.fromkeys(r.step for r in results if r.step not in ONE_OFF))
     sizes = list(dict.fromkeys(r.tables for r in results))
     print("| tables | " + " | ".join(steps) + " |")
     print("|---:|" + "---:|" * len(steps))
@@ -199,6 +247,8 @@ def report(results: list[Measured], repeat: int, meta: dict) -> None:
             print(
                 f"- {n:,} tables, backup ({fmt}) {got:.1f} s <= 1.5 x {wall['guide backup']:.1f} + 5 = {limit:.1f} s: {'met' if got <= limit else 'MISSED'}"
             )
+            if "guide restore" not in wall:
+                continue
             limit = 1.5 * wall["guide restore"]
             got = wall[f"dbops restore ({fmt})"]
             print(
@@ -207,7 +257,7 @@ def report(results: list[Measured], repeat: int, meta: dict) -> None:
     print("\n| tables | command | result | wall (s) | tree peak RSS (MB) |")
     print("|---:|---|---|---:|---:|")
     for r in results:
-        if r.step in OTHER_COMMANDS:
+        if r.step in ONE_OFF:
             print(
                 f"| {r.tables:,} | {r.step} | {'ok' if r.ok else 'failed: ' + r.note} | {r.wall:.1f} | {r.tree_peak_mb:.0f} |"
             )
@@ -217,6 +267,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", type=int, nargs="+", default=[1000, 3000, 10000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--backup-only", action="store_true", help="measure the backups alone (guide and dbops)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dbops-many-tables-"))
     (workdir / "logs").mkdir()
@@ -226,7 +279,7 @@ def main() -> int:
         with environment(workdir) as bench:
             meta = machine_meta(bench)
             for n in args.tables:
-                results += measure(bench, n, args.repeat, workdir / "logs")
+                results += measure(bench, n, args.repeat, workdir / "logs", args.backup_only)
     except BenchError as exc:
         log(f"error: {exc}")
         report(results, args.repeat, meta) if results else None

@@ -3,6 +3,8 @@ within budget and lock_timeout, reporting before/after; hostile names stay names
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -314,3 +316,37 @@ def test_cli_vacuum_and_reindex(pg, prefect, indexed, monkeypatch):
     bad = runner.invoke(app, ["vacuum", "--table", "nope"])
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("error: table 'nope' not found")
+
+
+def test_a_run_over_many_tables_shows_every_failure_and_the_slowest_in_its_artifact(pg, prefect):
+    url = new_database(pg, "wide")
+    with connect(url) as conn:
+        conn.execute(
+            "DO $$ BEGIN FOR i IN 1..129 LOOP EXECUTE format("
+            "'CREATE TABLE t_%s AS SELECT g AS id FROM generate_series(1, 20) g', i); END LOOP; END $$"
+        )
+        conn.execute("CREATE TABLE zz_busy (id int)")
+    holder = connect(url, autocommit=False)
+    holder.execute("LOCK TABLE zz_busy IN SHARE UPDATE EXCLUSIVE MODE")  # ANALYZE waits for it
+    try:
+        state = analyze(
+            database_url=url, all_tables=True, lock_timeout_seconds=0.3, return_state=True
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+    assert state.is_failed() and "zz_busy (locked" in state.message
+    items = state.result(raise_on_failure=False).items
+    assert len(items) == 130  # the result (and --json) keeps every table
+    (artifact,) = flow_run_artifacts(state.state_details.flow_run_id)
+    shown = artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+    assert len(shown) == 100 and "showing 100 of 130" in artifact.description
+    assert any(
+        row["target"] == "public.zz_busy" and row["status"].startswith("locked") for row in shown
+    )
+    shown_targets = {row["target"] for row in shown}
+    left_out = [i for i in items if i["target"] not in shown_targets]
+    fastest_shown = min(r["seconds"] for r in shown if r["status"] == "done")
+    assert len(left_out) == 30 and all(i["seconds"] <= fastest_shown for i in left_out)
+    order = [i["target"] for i in items if i["target"] in shown_targets]
+    assert [row["target"] for row in shown] == order  # the run's order, not re-sorted

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.backup.catalog import resolve_source
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
 from tasks.backup.row_counts import table_row_counts
 from tasks.core.errors import BackupFaultError
@@ -76,6 +77,8 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
         manifest.backup_id + ".verified.json"
     }
     assert read_back_dump(destination, manifest).stored_bytes == manifest.dump.size
+    for name in (manifest.dump.name, loose[0].name):  # any of its objects: the whole backup
+        assert resolve_source(f"{url}/{name}", url).manifest == manifest
 
     # Restore from S3 by two loaders, then verify: content, schema, sequence values exact.
     target = new_database(pg, "parallel_target")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -68,6 +69,33 @@ def artifact_key(text: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     key = "".join(ch if ch.isalnum() else "-" for ch in text.lower())
     return "-".join(filter(None, key.split("-"))) or "db"
+
+
+T = TypeVar("T")
+ARTIFACT_ROWS = 100  # a table a person reads in the UI; past it, a summary
+
+
+def most_telling(
+    items: list[T],
+    first: Callable[[T], bool],
+    weight: Callable[[T], float],
+    limit: int = ARTIFACT_ROWS,
+) -> list[T]:
+    """At most `limit` items for the UI: every item `first` picks, then the heaviest others.
+
+    A run over 10,000 tables keeps its whole list in the result (`--json`); its artifact shows
+    what needs a person's eyes, in the original order."""
+    if len(items) <= limit:
+        return items
+    chosen = {i for i, item in enumerate(items) if first(item)}
+    chosen = set(sorted(chosen)[:limit])
+    others = sorted(
+        (i for i in range(len(items)) if i not in chosen),
+        key=lambda i: weight(items[i]),
+        reverse=True,
+    )
+    chosen.update(others[: limit - len(chosen)])
+    return [items[i] for i in sorted(chosen)]
 
 
 def publish_table(rows: list[dict[str, object]], key: str, description: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from tasks.core.artifacts import publish_table
+from tasks.core.artifacts import most_telling, publish_table
 from tasks.maintenance.outcome import ItemStatus, Outcome
 
 
@@ -40,10 +40,16 @@ def maintenance_report(
         f"{kind} of {database}: {done} done, {len(failed)} failed, "
         f"{len(outcomes) - done - len(failed)} skipped or planned"
     )
+    shown = [
+        o.row() for o in most_telling(outcomes, lambda o: o.failed, lambda o: o.seconds or 0.0)
+    ]
     publish_table(
-        rows or [{"target": "-", "status": "nothing needed doing"}],
+        shown or [{"target": "-", "status": "nothing needed doing"}],
         key=f"{kind}-{database}",
-        description=summary,
+        description=summary
+        if len(shown) == len(rows)
+        else f"{summary}; showing {len(shown)} of {len(rows)}: every failure, then the slowest "
+        "(the run's result and --json list all)",
     )
     return MaintenanceReport(
         database=database,
