@@ -30,6 +30,8 @@ MIGRATIONS = {
     "0001_email.sql": 'ALTER TABLE "User" ADD COLUMN email text;\nUPDATE "User" SET email = name;\n',
     "0002_body_type.sql": 'ALTER TABLE "Message" ALTER COLUMN body TYPE varchar(200);\n',
     "0003_index.sql": 'CREATE INDEX message_user ON "Message" (user_id);\n',
+    "0004_created.sql": 'ALTER TABLE "User" ADD COLUMN created timestamptz NOT NULL '
+    "DEFAULT clock_timestamp();\n",
 }
 
 
@@ -103,6 +105,11 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert (effect.lock, effect.blocks, effect.scanned) == ("SHARE", "writes", True)
     assert [f.rule for f in index.lint] == ["require-concurrent-index-creation"]
     assert index.rating == "amber" and "CONCURRENTLY" in index.advice[0]
+    # ADD COLUMN NOT NULL with a volatile default: a rewrite too, and squawk says why.
+    created = statement(report, "0004_created")
+    assert [(e.lock, e.rewritten) for e in created.effects] == [("ACCESS EXCLUSIVE", True)]
+    assert "adding-field-with-default" in [f.rule for f in created.lint]
+    assert any("backfill it in batches" in advice for advice in created.advice)
     assert report.rating == "amber" and not report.refusals
     assert report.expected_seconds == pytest.approx(sum(m.seconds for m in report.migrations))
     assert [c.ok for c in report.checks] == [True, True]
