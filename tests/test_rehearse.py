@@ -238,7 +238,7 @@ def test_another_tools_migrations_are_watched_by_a_sampling_session(
     (migration,) = state.result().migrations
     assert migration.observed_by == "sampler" and migration.error is None
     (whole,) = migration.statements
-    assert whole.observed == "sampled" and whole.rating == "amber"
+    assert whole.observed == "sampled" and whole.samples and whole.rating == "amber"
     # accounts is new (nobody else's yet); Message existed: its lock and rewrite are reported.
     (effect,) = whole.effects
     assert (effect.relation, effect.lock, effect.rewritten) == (
