@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,21 @@ def test_parallel_backup_of_postgresql_15_with_its_own_pg_dump(pg15, tmp_path):
     assert schema_dump(target) == schema_dump(url)
     sequence = "SELECT last_value, is_called FROM billing.invoice_number"
     assert scalar(target, sequence) == scalar(url, sequence)
+
+    # A LATIN1 database: its rows are stored as LATIN1 text and converted into a UTF8 target.
+    latin = f"latin_{uuid.uuid4().hex[:8]}"
+    with ConnInfo.parse(pg15.url("postgres", password="")).connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {latin} TEMPLATE template0 ENCODING 'LATIN1' "
+            "LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    source = pg15.url(latin, password="")
+    with ConnInfo.parse(source).connect() as conn:  # psycopg encodes to LATIN1
+        conn.execute("CREATE TABLE word (w text)")
+        conn.execute("INSERT INTO word VALUES (%s)", ["café ñ"])
+    where = Destination.from_url(str(tmp_path / "latin"))
+    latin_backup = run_parallel_backup(BackupRequest(ConnInfo.parse(source), where, "parallel"))
+    assert latin_backup.encoding == "LATIN1"
+    utf8 = pg15.url(f"{latin}_utf8", password="")  # created by the restore, in UTF8
+    run_restore(resolve_source(latin_backup.backup_id, where.url), ConnInfo.parse(utf8))
+    assert scalar(utf8, "SELECT w || current_setting('server_encoding') FROM word") == "café ñUTF8"

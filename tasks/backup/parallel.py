@@ -167,6 +167,7 @@ class _Copier:
     progress: ProgressCallback | None
     recipients: Recipients | None = None
     psql: str | None = None  # psql's path: large parts go through it
+    encoding: str = "UTF8"  # the server's: COPY text as stored, unconverted
     failed: threading.Event = field(default_factory=threading.Event)
     raw_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -184,6 +185,7 @@ class _Copier:
                 "SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; "
                 "SET idle_in_transaction_session_timeout = 0"
             )
+            conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(self.encoding)))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
             self.local.conn = conn
@@ -238,6 +240,7 @@ class _Copier:
         assert self.psql is not None
         statements = [
             "SET row_security = off",
+            sql.SQL("SET client_encoding = {}").format(sql.Literal(self.encoding)).as_string(),
             "SET statement_timeout = 0",
             "SET lock_timeout = 0",
             "SET idle_in_transaction_session_timeout = 0",
@@ -335,6 +338,7 @@ def run_parallel_backup(
         roles = referenced_roles(snapshot_conn)
         pg_dump = find_client_tool("pg_dump", major)
         jobs = usable_jobs(snapshot_conn, request.jobs)
+        encoding = str(snapshot_conn.execute("SHOW server_encoding").fetchone()[0])  # type: ignore[index]
         snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = str(snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
         started_at = datetime.now(UTC)
@@ -361,6 +365,7 @@ def run_parallel_backup(
             progress,
             request.recipients,
             find_client_tool("psql", major).path,
+            encoding,
         )
         try:
             try:
@@ -465,6 +470,7 @@ def run_parallel_backup(
                 encryption=request.recipients.encryption() if request.recipients else None,
                 objects=[rest, *objects],
                 jobs=jobs,
+                encoding=encoding,
                 started_at=started_at,
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),
