@@ -119,6 +119,7 @@ class StatementObservation:
     sampled: bool = False  # locks from a second session's samples, not exact
     finished: bool = False  # False: the statement failed (or was interrupted)
     overhead_mark: float = 0.0  # the Observer's overhead when the statement started
+    samples: int = 0  # how many times the sampling session read pg_locks while it ran
 
 
 def snapshot(conn: psycopg.Connection, in_transaction: bool) -> _Snapshot:
@@ -266,7 +267,7 @@ class Observer:
                 cursor = self._run(conn, statement, seen)
                 mark = time.perf_counter()
             after = snapshot(conn, False)
-            locks, seen.sampled = sampler.seen | before.locks, True
+            locks, seen.sampled, seen.samples = sampler.seen | before.locks, True, sampler.samples
             held = lambda oid, mode: sampler.held((oid, mode))  # noqa: E731
         seen.rows = cursor.rowcount if cursor.rowcount >= 0 else None
         seen.effects = effects_between(before, after, locks, held)
