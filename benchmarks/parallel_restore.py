@@ -44,6 +44,8 @@ from backup_throughput import (  # noqa: E402
 )
 from restore_memory import PREFIX, Measured, fresh_target, guide_restore  # noqa: E402
 
+PIPELINE: dict[int, float] = {}  # run_restore's own seconds (no Prefect start), by run
+
 
 def backup(bench: Environment, url: str, extra: list[str], log_path: Path) -> tuple[dict, float]:
     argv = [bench.dbops, "backup", "--to", f"s3://{BUCKET}/{PREFIX}", "--json", *extra]
@@ -55,11 +57,15 @@ def backup(bench: Environment, url: str, extra: list[str], log_path: Path) -> tu
 
 def dbops_restore(bench: Environment, backup_id: str, extra: list[str], log_path: Path):
     target = fresh_target(bench, "parallel_bench_target")
-    argv = [bench.dbops, "restore", backup_id, "--from", f"s3://{BUCKET}/{PREFIX}", *extra]
-    done = run_measured(argv, {**bench.env, "DATABASE_URL": target}, log_path, bench.prefect_pid)
+    argv = [bench.dbops, "restore", backup_id, "--from", f"s3://{BUCKET}/{PREFIX}", "--json"]
+    done = run_measured(
+        [*argv, *extra], {**bench.env, "DATABASE_URL": target}, log_path, bench.prefect_pid
+    )
     if done.code != 0:
         raise BenchError(f"dbops restore {extra} failed: {done.stderr[-800:]}")
-    return Measured("", "", done.wall, done.memory.python_peak / MB, done.memory.tree_peak / MB)
+    measured = Measured("", "", done.wall, done.memory.python_peak / MB, done.memory.tree_peak / MB)
+    PIPELINE[id(measured)] = float(json.loads(done.stdout)["seconds"])
+    return measured
 
 
 def tool(bench: Environment, name: str) -> str:
@@ -147,14 +153,16 @@ def main() -> int:
     plain_wall = median([m.wall for m in results["dbops restore (plain)"]])
     anchor_wall = median([m.wall for m in results["pg_restore -j2 (local directory dump)"]])
     print(
-        "\n| restore | wall (s) | vs dbops plain | vs pg_restore -j2 | peak RSS tree (MB) |\n"
-        "|---|---:|---:|---:|---:|"
+        "\n| restore | wall (s) | vs dbops plain | vs pg_restore -j2 | restore step (s) "
+        "| peak RSS tree (MB) |\n|---|---:|---:|---:|---:|---:|"
     )
     for case, runs in results.items():
         wall = median([m.wall for m in runs])
+        steps = [PIPELINE[id(m)] for m in runs if id(m) in PIPELINE]
+        step = f"{median(steps):.1f}" if steps else "-"
         print(
             f"| {case} | {wall:.1f} | {plain_wall / wall:.2f}x | {anchor_wall / wall:.2f}x | "
-            f"{median([m.tree_peak_mb for m in runs]):.0f} |"
+            f"{step} | {median([m.tree_peak_mb for m in runs]):.0f} |"
         )
     return 0
 

@@ -7,6 +7,10 @@ that answers with its final state: Completed only when the migration is applied
 and verified; Failed otherwise, Cancelled when cancelled, with a message saying
 what was applied, whether the database was restored, and the backup.
 
+With `require_rehearsal`, the migrations are first rehearsed on a copy restored from the
+newest verified backup (flows/rehearse.py); a failed or red rehearsal refuses the run before
+anything of production is locked, backed up or changed.
+
 The whole run holds the migration lock and the database's dbops slot, so no
 backup, restore or maintenance job of the database runs beside it. The backup is
 restored only when something of this run committed: a failure before that (a

@@ -10,20 +10,25 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tasks.backup.catalog import resolve_source
 from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
+from tasks.backup.parallel import run_parallel_backup
+from tasks.backup.pipeline import BackupRequest
 from tasks.backup.row_counts import table_row_counts
 from tasks.core.errors import BackupFaultError
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
 from tasks.restore.readback import read_back_dump
+from tasks.restore.restore import run_restore
 from tasks.retention.inventory import backup_object_names, take_inventory
 from tasks.storage.destinations import Destination
 from tests.backup_helpers import invoke_dbops, object_names
-from tests.conftest import REPO, content_checksums, new_database, psql, schema_dump
+from tests.conftest import DATA, REPO, content_checksums, new_database, psql, schema_dump
 
 EXTRAS = """
 CREATE TABLE empty_one (id integer PRIMARY KEY, note text);
@@ -76,6 +81,8 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
         manifest.backup_id + ".verified.json"
     }
     assert read_back_dump(destination, manifest).stored_bytes == manifest.dump.size
+    for name in (manifest.dump.name, loose[0].name):  # any of its objects: the whole backup
+        assert resolve_source(f"{url}/{name}", url).manifest == manifest
 
     # Restore from S3 by two loaders, then verify: content, schema, sequence values exact.
     target = new_database(pg, "parallel_target")
@@ -172,3 +179,41 @@ def test_a_killed_parallel_backup_leaves_no_manifest(pg, tmp_path):
     (started,) = take_inventory(destination).started  # prune's to clean, claim last
     assert set(started.present) == {n for n in names if not Path(n).name.startswith(".")}
     assert started.present[-1].endswith(".started.json")
+
+
+def test_parallel_backup_of_postgresql_15_with_its_own_pg_dump(pg15, tmp_path):
+    """pg_dump 15 has no --filter: the workers' tables are left out table by table."""
+    url = new_database(pg15, "old_server")
+    psql(url, "-q", "-f", str(DATA / "rich_schema.sql"))
+    psql(url, "-q", "-c", "CREATE TABLE loose AS SELECT i, repeat('y', 80) AS b "
+         "FROM generate_series(1, 20000) i")  # fmt: skip
+    destination = Destination.from_url(str(tmp_path))
+    manifest = run_parallel_backup(
+        BackupRequest(ConnInfo.parse(url), destination, "parallel", chunk_bytes=512 * 1024)
+    )
+    assert manifest.pg_dump_version.startswith("15")
+    assert len([o for o in manifest.objects if o.table == "public.loose"]) > 1
+    target = new_database(pg15, "restored")  # empty: restored into without --clean
+    run_restore(resolve_source(manifest.backup_id, str(tmp_path)), ConnInfo.parse(target))
+    assert content_checksums(target) == content_checksums(url)
+    assert schema_dump(target) == schema_dump(url)
+    sequence = "SELECT last_value, is_called FROM billing.invoice_number"
+    assert scalar(target, sequence) == scalar(url, sequence)
+
+    # A LATIN1 database: its rows are stored as LATIN1 text and converted into a UTF8 target.
+    latin = f"latin_{uuid.uuid4().hex[:8]}"
+    with ConnInfo.parse(pg15.url("postgres", password="")).connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {latin} TEMPLATE template0 ENCODING 'LATIN1' "
+            "LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    source = pg15.url(latin, password="")
+    with ConnInfo.parse(source).connect() as conn:  # psycopg encodes to LATIN1
+        conn.execute("CREATE TABLE word (w text)")
+        conn.execute("INSERT INTO word VALUES (%s)", ["café ñ"])
+    where = Destination.from_url(str(tmp_path / "latin"))
+    latin_backup = run_parallel_backup(BackupRequest(ConnInfo.parse(source), where, "parallel"))
+    assert latin_backup.encoding == "LATIN1"
+    utf8 = pg15.url(f"{latin}_utf8", password="")  # created by the restore, in UTF8
+    run_restore(resolve_source(latin_backup.backup_id, where.url), ConnInfo.parse(utf8))
+    assert scalar(utf8, "SELECT w || current_setting('server_encoding') FROM word") == "café ñUTF8"

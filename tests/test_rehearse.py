@@ -5,6 +5,7 @@ the scratch copy dropped whatever happens (a failure, a red verdict, a SIGTERM).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tasks.restore.restore_test import verify_restore, write_verification
 from tasks.storage.destinations import Destination
 from tests.backup_helpers import invoke_dbops
 from tests.conftest import content_checksums, new_database, schema_dump
-from tests.test_migrate import BASE_SCHEMA, execute, write_migrations
+from tests.test_migrate import ALEMBIC, ALEMBIC_PROJECT, BASE_SCHEMA, execute, write_migrations
 from tests.test_migrate_cancel import start_dbops, wait_for
 from tests.test_verify import markdown_of
 
@@ -30,6 +31,8 @@ MIGRATIONS = {
     "0001_email.sql": 'ALTER TABLE "User" ADD COLUMN email text;\nUPDATE "User" SET email = name;\n',
     "0002_body_type.sql": 'ALTER TABLE "Message" ALTER COLUMN body TYPE varchar(200);\n',
     "0003_index.sql": 'CREATE INDEX message_user ON "Message" (user_id);\n',
+    "0004_created.sql": 'ALTER TABLE "User" ADD COLUMN created timestamptz NOT NULL '
+    "DEFAULT clock_timestamp();\n",
 }
 
 
@@ -103,6 +106,11 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert (effect.lock, effect.blocks, effect.scanned) == ("SHARE", "writes", True)
     assert [f.rule for f in index.lint] == ["require-concurrent-index-creation"]
     assert index.rating == "amber" and "CONCURRENTLY" in index.advice[0]
+    # ADD COLUMN NOT NULL with a volatile default: a rewrite too, and squawk says why.
+    created = statement(report, "0004_created")
+    assert [(e.lock, e.rewritten) for e in created.effects] == [("ACCESS EXCLUSIVE", True)]
+    assert "adding-field-with-default" in [f.rule for f in created.lint]
+    assert any("backfill it in batches" in advice for advice in created.advice)
     assert report.rating == "amber" and not report.refusals
     assert report.expected_seconds == pytest.approx(sum(m.seconds for m in report.migrations))
     assert [c.ok for c in report.checks] == [True, True]
@@ -163,6 +171,12 @@ def test_bad_input_is_refused_before_any_work(prefect, pg, production, tmp_path,
         rehearse_migration(migrations=str(root), backup_url=str(unverified))
     with pytest.raises(ParameterError, match="does not exist"):
         rehearse_migration(migrations=str(tmp_path / "absent"), backup_url=str(unverified))
+    refused = invoke_dbops(
+        "migrate", "--rehearse", "--migrations", str(root), "--to", str(unverified)
+    )
+    assert refused.exit_code == 1
+    (line,) = [x for x in refused.output.splitlines() if x.startswith("error: ")]
+    assert "no verified backup" in line and "`dbops verify latest`" in line
     missing = invoke_dbops("migrate", "--rehearse", "--migrations", str(tmp_path / "absent"))
     assert missing.exit_code == 1 and "--migrations" in missing.output
     assert rehearsal_copies(pg) == []
@@ -198,3 +212,38 @@ def test_sigterm_during_a_rehearsal_drops_the_copy(prefect, pg, production, tmp_
             process.wait()
     assert process.returncode != 0
     assert rehearsal_copies(pg) == [] and snapshot(url) == before
+
+
+def test_another_tools_migrations_are_watched_by_a_sampling_session(
+    prefect, pg, production, tmp_path, monkeypatch
+):
+    url, backups, _ = production
+    monkeypatch.setenv("DATABASE_URL", url)
+    project = shutil.copytree(ALEMBIC_PROJECT, tmp_path / "alembic")
+    (project / "versions" / "0003_body.py").write_text(
+        '"""widen Message.body"""\nfrom alembic import op\n\nrevision = "0003"\n'
+        'down_revision = "0002"\n\n\ndef upgrade() -> None:\n'
+        "    op.execute('ALTER TABLE \"Message\" ALTER COLUMN body TYPE varchar(300)')\n"
+    )
+    before = snapshot(url)
+
+    state = rehearse_migration(
+        command=f"{ALEMBIC} upgrade head",
+        workdir=str(project),
+        backup_url=backups,
+        return_state=True,
+    )
+
+    assert state.is_completed(), state.message
+    (migration,) = state.result().migrations
+    assert migration.observed_by == "sampler" and migration.error is None
+    (whole,) = migration.statements
+    assert whole.observed == "sampled" and whole.samples and whole.rating == "amber"
+    # accounts is new (nobody else's yet); Message existed: its lock and rewrite are reported.
+    (effect,) = whole.effects
+    assert (effect.relation, effect.lock, effect.rewritten) == (
+        'public."Message"',
+        "ACCESS EXCLUSIVE",
+        True,
+    )
+    assert snapshot(url) == before and rehearsal_copies(pg) == []

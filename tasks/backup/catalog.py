@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 
 from tasks.backup.encryption import AGE_SUFFIX, AgeIdentity, Encryption, require_identity
 from tasks.backup.identity import group_by_server, identify_server, in_the_future
-from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests, read_manifest
+from tasks.backup.manifest import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    backup_id_of,
+    list_manifests,
+    read_manifest,
+)
 from tasks.core.errors import DbopsError, NotFoundError, ParameterError
 from tasks.core.postgres import ConnInfo
 from tasks.storage.destinations import Destination, S3Options
@@ -92,6 +98,13 @@ def resolve_source(
         return _from_manifest(destination, read_manifest(destination, name))
     if destination.exists(name + MANIFEST_SUFFIX):  # a backup id
         return _from_manifest(destination, read_manifest(destination, name + MANIFEST_SUFFIX))
+    owner = backup_id_of(name)
+    if owner != name and destination.exists(owner + MANIFEST_SUFFIX):
+        manifest = read_manifest(destination, owner + MANIFEST_SUFFIX)
+        if manifest.format == "parallel" and name in {
+            o.name for o in [manifest.dump, *manifest.objects]
+        }:
+            return _from_manifest(destination, manifest)  # any of its objects: the whole backup
     plain_name = name.removesuffix(AGE_SUFFIX)  # `age -d` gives what the rest names
     for suffix, (fmt, compression) in FOREIGN_SUFFIXES.items():
         if plain_name.endswith(suffix):

@@ -79,6 +79,9 @@ class Manifest(BaseModel):
         description="a parallel backup's data objects; its `dump` is then the schema archive",
     )
     jobs: int | None = Field(None, description="workers that took a parallel backup")
+    encoding: str | None = Field(
+        None, description="a parallel backup's data objects are text in this encoding"
+    )
     encryption: Encryption | None = Field(
         None, description="age: every object is encrypted to these recipients (fingerprints)"
     )

@@ -11,7 +11,9 @@ was written and leaves no manifest. Restore: `restore/parallel_load.py`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -38,14 +40,16 @@ from tasks.backup.pipeline import (
     stream_command_to,
 )
 from tasks.backup.row_counts import USER_TABLES
+from tasks.core.children import spawn
 from tasks.core.client_tools import ClientTool, find_client_tool
 from tasks.core.errors import DbopsError, LockTableFullError, first_line
 from tasks.core.postgres import ConnInfo, free_connection_slots, server_version
-from tasks.core.streams import CHUNK_SIZE
+from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
 
 COMPRESSED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 LOCK_BATCH = 1000  # tables named per LOCK TABLE statement
+PSQL_BYTES = 8 * 1024 * 1024  # larger parts, and chunks, are read by psql (_through_psql)
 
 PLAN_QUERY = f"""
     SELECT t.nspname, t.relname,
@@ -83,8 +87,12 @@ class TablePart:
         start, end = self.pages
         return f"ctid >= '({start or 0},0)'" + (f" AND ctid < '({end},0)'" if end else "")
 
+    @property
+    def target(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
     def query(self) -> sql.Composed:
-        target = sql.Identifier(self.schema, self.table)
+        target = self.target
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
         if self.chunk is None:
             listed = sql.SQL(" ({})").format(columns) if self.columns else sql.SQL("")
@@ -158,6 +166,8 @@ class _Copier:
     threads: int
     progress: ProgressCallback | None
     recipients: Recipients | None = None
+    psql: str | None = None  # psql's path: large parts go through it
+    encoding: str = "UTF8"  # the server's: COPY text as stored, unconverted
     failed: threading.Event = field(default_factory=threading.Event)
     raw_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -175,8 +185,7 @@ class _Copier:
                 "SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; "
                 "SET idle_in_transaction_session_timeout = 0"
             )
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
+            conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(self.encoding)))
             self.local.conn = conn
         return conn
 
@@ -205,6 +214,74 @@ class _Copier:
         if held:
             yield self._counted(held, rows)
 
+    @contextlib.contextmanager
+    def _rows_of(self, part: TablePart, rows: list[int]) -> Iterator[Iterator[bytes]]:
+        """The part's COPY stream in CHUNK_SIZE pieces; a failure or a row count COPY does not
+        confirm raises inside the object's write, so nothing is stored."""
+        if self.psql is not None and (part.chunk is not None or part.size >= PSQL_BYTES):
+            yield self._through_psql(part, rows)
+            return
+        conn = self.connection()
+        # One transaction per part in the imported snapshot: a worker holds one table's lock
+        # at a time (the snapshot's own connection holds them all).
+        with conn.transaction(), conn.cursor() as cursor:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target))
+            with cursor.copy(part.query()) as copy:
+                yield self._batches(copy, rows)
+            if cursor.rowcount != rows[0]:
+                raise DbopsError(
+                    f"COPY of {part.schema}.{part.table} reported {cursor.rowcount} rows but "
+                    f"the stream held {rows[0]}; no backup was stored"
+                )
+
+    def _through_psql(self, part: TablePart, rows: list[int]) -> Iterator[bytes]:
+        """A large part through psql, which reads COPY rows in C: psycopg's row-by-row
+        iteration costs more CPU than compressing them. Same snapshot, lock and settings."""
+        assert self.psql is not None
+        statements = [
+            "SET row_security = off",
+            sql.SQL("SET client_encoding = {}").format(sql.Literal(self.encoding)).as_string(),
+            "SET statement_timeout = 0",
+            "SET lock_timeout = 0",
+            "SET idle_in_transaction_session_timeout = 0",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)).as_string(),
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target).as_string(),
+            part.query().as_string(),
+        ]
+        argv = [self.psql, "--no-psqlrc", "--quiet", "--no-password", "--set", "ON_ERROR_STOP=1"]
+        argv += ["--dbname", self.info.dbname]
+        for statement in statements:
+            argv += ["--command", statement]
+        process = spawn(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.info.child_env(),
+        )
+        assert process.stdout is not None and process.stderr is not None
+        tail = StderrTail(process.stderr)
+        try:
+            while chunk := process.stdout.read(CHUNK_SIZE):
+                if self.failed.is_set():
+                    raise _Stopped("another part of the backup failed")
+                yield self._counted([chunk], rows)
+            if process.wait() != 0:
+                line = tail.last(self.info.password, ("ERROR:", "FATAL:", "error:"))
+                if "could not obtain lock" in line:
+                    raise psycopg.errors.LockNotAvailable(line)
+                raise DbopsError(
+                    f"psql failed copying {part.schema}.{part.table} ({line or 'no message'}); "
+                    "no backup was stored"
+                )
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
     def _counted(self, held: list[bytes], rows: list[int]) -> bytes:
         data = b"".join(held)
         rows[0] += data.count(b"\n")
@@ -214,31 +291,17 @@ class _Copier:
 
     def copy_part(self, part: TablePart) -> DataObject:
         """One part streamed out of the snapshot into its object: complete, or not at all."""
-        conn = self.connection()
         rows = [0, 0]  # lines, bytes
         hasher = hashlib.sha256()
         stored = 0
-        conn.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
-                sql.Identifier(part.schema, part.table)
-            )
-        )
-        with self.destination.open_write(part.name) as sink, conn.cursor() as cursor:
-            with cursor.copy(part.query()) as copy:
-                pieces = compress_stream(
-                    self._batches(copy, rows), self.compression, self.level, self.threads
-                )
-                if self.recipients is not None:
-                    pieces = encrypt_chunks(pieces, self.recipients)
-                for piece in pieces:
-                    hasher.update(piece)
-                    sink.write(piece)
-                    stored += len(piece)
-            if cursor.rowcount != rows[0]:  # inside the write: a mismatch stores nothing
-                raise DbopsError(
-                    f"COPY of {part.schema}.{part.table} reported {cursor.rowcount} rows but "
-                    f"the stream held {rows[0]}; no backup was stored"
-                )
+        with self.destination.open_write(part.name) as sink, self._rows_of(part, rows) as chunks:
+            pieces = compress_stream(chunks, self.compression, self.level, self.threads)
+            if self.recipients is not None:
+                pieces = encrypt_chunks(pieces, self.recipients)
+            for piece in pieces:
+                hasher.update(piece)
+                sink.write(piece)
+                stored += len(piece)
         return DataObject(
             name=part.name,
             size=stored,
@@ -277,6 +340,7 @@ def run_parallel_backup(
         roles = referenced_roles(snapshot_conn)
         pg_dump = find_client_tool("pg_dump", major)
         jobs = usable_jobs(snapshot_conn, request.jobs)
+        encoding = str(snapshot_conn.execute("SHOW server_encoding").fetchone()[0])  # type: ignore[index]
         snapshot_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = str(snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
         started_at = datetime.now(UTC)
@@ -302,6 +366,8 @@ def run_parallel_backup(
             max(1, default_threads() // jobs),
             progress,
             request.recipients,
+            find_client_tool("psql", major).path,
+            encoding,
         )
         try:
             try:
@@ -340,11 +406,17 @@ def run_parallel_backup(
                 return stats
 
             with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="copy") as pool:
+                # One after the other in one worker: each pg_dump locks every table.
                 schema_job = pool.submit(
-                    dump, schema_command, backup_id + schema_suffix, "none", None
-                )
-                rest_job = pool.submit(
-                    dump, rest_command, backup_id + rest_suffix, request.compression, filter_lines
+                    lambda: (
+                        dump(schema_command, backup_id + schema_suffix, "none", None),
+                        dump(
+                            rest_command,
+                            backup_id + rest_suffix,
+                            request.compression,
+                            filter_lines,
+                        ),
+                    )
                 )
 
                 def copy(part: TablePart) -> DataObject:
@@ -360,7 +432,7 @@ def run_parallel_backup(
                     return result
 
                 table_jobs = [pool.submit(copy, p) for p in sorted(parts, key=lambda p: -p.size)]
-                done, _ = wait([schema_job, rest_job, *table_jobs], return_when=FIRST_EXCEPTION)
+                done, _ = wait([schema_job, *table_jobs], return_when=FIRST_EXCEPTION)
                 failures = [f.exception() for f in done if f.exception()]
                 failures.sort(key=lambda e: isinstance(e, _Stopped))  # the first cause first
                 failure = failures[0] if failures else None
@@ -369,7 +441,7 @@ def run_parallel_backup(
                     for job in table_jobs:
                         job.cancel()
                     raise _explain(failure) from None
-                schema_stats, rest_stats = schema_job.result(), rest_job.result()
+                schema_stats, rest_stats = schema_job.result()
                 objects = [job.result() for job in table_jobs]
             rest = DataObject(
                 name=backup_id + rest_suffix,
@@ -406,6 +478,7 @@ def run_parallel_backup(
                 encryption=request.recipients.encryption() if request.recipients else None,
                 objects=[rest, *objects],
                 jobs=jobs,
+                encoding=encoding,
                 started_at=started_at,
                 finished_at=finished_at,
                 duration_seconds=round((finished_at - started_at).total_seconds(), 3),

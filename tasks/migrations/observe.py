@@ -39,21 +39,37 @@ LOCK_MODES = (
 BLOCKS_READS = {"AccessExclusiveLock"}
 BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
 SAMPLE_INTERVAL = 0.01
-TABLES = ("r", "p", "m")  # tables, partitioned tables, materialized views
 
-USER_RELATIONS = """
+# One round trip: every table with its file node and this transaction's (pg_stat_get_xact_*)
+# or the shared (pg_stat_get_*) scan and row counters.
+TABLES_NOW = """
 SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text,
-       c.relfilenode
+       c.relfilenode, {scans}(c.oid),
+       {ins}(c.oid) + {upd}(c.oid) + {dele}(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+WHERE c.relkind IN ('r', 'p', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
   AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
 """
+COUNTERS = {
+    True: {  # this transaction's, before COMMIT
+        "scans": "pg_stat_get_xact_numscans",
+        "ins": "pg_stat_get_xact_tuples_inserted",
+        "upd": "pg_stat_get_xact_tuples_updated",
+        "dele": "pg_stat_get_xact_tuples_deleted",
+    },
+    False: {  # the shared counters, after a flush
+        "scans": "pg_stat_get_numscans",
+        "ins": "pg_stat_get_tuples_inserted",
+        "upd": "pg_stat_get_tuples_updated",
+        "dele": "pg_stat_get_tuples_deleted",
+    },
+}
 OWN_LOCKS = """
 SELECT relation, mode FROM pg_locks
 WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
-STATS = "SELECT relid, seq_scan, n_tup_ins + n_tup_upd + n_tup_del FROM {view}"
 
 
 def lock_label(mode: str) -> str:
@@ -102,24 +118,22 @@ class StatementObservation:
     effects: list[RelationEffect] = field(default_factory=list)
     sampled: bool = False  # locks from a second session's samples, not exact
     finished: bool = False  # False: the statement failed (or was interrupted)
+    overhead_mark: float = 0.0  # the Observer's overhead when the statement started
+    samples: int = 0  # how many times the sampling session read pg_locks while it ran
 
 
 def snapshot(conn: psycopg.Connection, in_transaction: bool) -> _Snapshot:
-    relations = {
-        oid: (name, kind, node) for oid, name, kind, node in conn.execute(USER_RELATIONS).fetchall()
-    }
-    locks = {(oid, mode) for oid, mode in conn.execute(OWN_LOCKS).fetchall()}
-    if in_transaction:
-        view = "pg_stat_xact_user_tables"
-    else:  # what the backend counted so far must reach the shared stats first
+    if not in_transaction:  # what the backend counted so far must reach the shared stats first
         if conn.info.server_version >= 150000:
             conn.execute("SELECT pg_stat_force_next_flush()")  # flushed when it goes idle
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        view = "pg_stat_user_tables"
-    stats = {
-        oid: (scans or 0, rows or 0)
-        for oid, scans, rows in conn.execute(STATS.format(view=view)).fetchall()
-    }
+    relations, stats = {}, {}
+    for oid, name, kind, node, scans, rows in conn.execute(
+        TABLES_NOW.format(**COUNTERS[in_transaction])  # type: ignore[arg-type]
+    ).fetchall():
+        relations[oid] = (name, kind, node)
+        stats[oid] = (scans or 0, rows or 0)
+    locks = {(oid, mode) for oid, mode in conn.execute(OWN_LOCKS).fetchall()}
     return _Snapshot(relations, locks, stats)
 
 
@@ -191,8 +205,6 @@ def effects_between(
         by_relation.setdefault(oid, set()).add(mode)
     effects = []
     for oid, (name, kind, node) in before.relations.items():
-        if kind not in TABLES:  # an index or sequence goes with its table's lock
-            continue
         modes = by_relation.get(oid, set())
         now = after.relations.get(oid)
         rewritten = now is not None and kind != "p" and now[2] != node
@@ -236,29 +248,49 @@ class Observer:
 
     info: ConnInfo
     observed: list[StatementObservation] = field(default_factory=list)
+    overhead: float = 0.0  # seconds spent observing, not in the statements
 
     def __call__(self, conn: psycopg.Connection, index: int, statement: Statement) -> object:
         in_transaction = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-        before = snapshot(conn, in_transaction)
-        seen = StatementObservation(index, statement, time.perf_counter())
         self.observed = [o for o in self.observed if o.index != index]  # a retried statement
-        self.observed.append(seen)
+        mark = time.perf_counter()
+        before = snapshot(conn, in_transaction)
         if in_transaction:
-            cursor = conn.execute(statement.sql.encode())
-            seen.seconds = time.perf_counter() - seen.started
+            seen = self._started(index, statement, mark)
+            cursor = self._run(conn, statement, seen)
+            mark = time.perf_counter()
             after = snapshot(conn, True)
-            locks = after.locks
+            locks, held = after.locks, None
         else:
             with LockSampler(self.info, conn.info.backend_pid) as sampler:
-                cursor = conn.execute(statement.sql.encode())
-                seen.seconds = time.perf_counter() - seen.started
+                seen = self._started(index, statement, mark)
+                cursor = self._run(conn, statement, seen)
+                mark = time.perf_counter()
             after = snapshot(conn, False)
-            locks, seen.sampled = sampler.seen | before.locks, True
+            locks, seen.sampled, seen.samples = sampler.seen | before.locks, True, sampler.samples
+            held = lambda oid, mode: sampler.held((oid, mode))  # noqa: E731
         seen.rows = cursor.rowcount if cursor.rowcount >= 0 else None
-        held = (lambda oid, mode: sampler.held((oid, mode))) if seen.sampled else None
         seen.effects = effects_between(before, after, locks, held)
         seen.finished = True
+        self.overhead += time.perf_counter() - mark
         return cursor
+
+    def _started(self, index: int, statement: Statement, mark: float) -> StatementObservation:
+        """The observation of a statement about to run; the time since `mark` was observing."""
+        now = time.perf_counter()
+        self.overhead += now - mark
+        seen = StatementObservation(index, statement, now, overhead_mark=self.overhead)
+        self.observed.append(seen)
+        return seen
+
+    @staticmethod
+    def _run(
+        conn: psycopg.Connection, statement: Statement, seen: StatementObservation
+    ) -> psycopg.Cursor:
+        try:
+            return conn.execute(statement.sql.encode())
+        finally:
+            seen.seconds = time.perf_counter() - seen.started
 
     def ended(self, at: float) -> None:
         """The migration's transaction ended (COMMIT or ROLLBACK) at `at`: every lock a statement
@@ -266,5 +298,6 @@ class Observer:
         for seen in self.observed:
             if not seen.sampled:
                 for effect in seen.effects:
-                    if effect.lock:
-                        effect.held_seconds = round(at - seen.started, 3)
+                    if effect.lock:  # less the time spent observing the later statements
+                        observing = self.overhead - seen.overhead_mark
+                        effect.held_seconds = round(at - seen.started - observing, 3)

@@ -102,6 +102,9 @@ class RehearsedStatement(BaseModel):
     observed: str = Field(
         "", description="exact (same session, before COMMIT), sampled (a second session), or ''"
     )
+    samples: int | None = Field(
+        None, description="sampled: how often pg_locks was read while it ran (every ~10 ms)"
+    )
     effects: list[RelationEffect] = Field(default_factory=list)
     lint: list[LintFinding] = Field(default_factory=list)
     rating: Rating = Rating.GREEN
@@ -162,6 +165,7 @@ def _statement(
         result.ran, result.seconds, result.rows = True, round(seen.seconds, 3), seen.rows
         result.effects = seen.effects
         result.observed = "sampled" if seen.sampled else "exact"
+        result.samples = seen.samples if seen.sampled else None
     return result
 
 
@@ -188,7 +192,8 @@ def rehearse_migration(
             result.error = str(exc)
         finally:
             observer.ended(time.perf_counter())
-        result.seconds = round(time.perf_counter() - started, 3)
+        # The migration's own time: what observing it added is left out.
+        result.seconds = round(time.perf_counter() - started - observer.overhead, 3)
     else:
         result.rehearsed = False
     seen = {o.index: o for o in observer.observed}
@@ -235,6 +240,7 @@ def rehearse_command(
         ran=result.error is None,
         seconds=result.seconds,
         observed="sampled",
+        samples=sampler.samples,
         effects=effects,
     )
     rate(whole, max_lock_seconds)

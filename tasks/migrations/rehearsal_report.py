@@ -76,6 +76,8 @@ def render(report: RehearsalReport) -> str:
         ]
         for s in migration.statements:
             took = f"{s.seconds:.3f}" if s.ran else "not run"
+            if s.samples is not None:
+                took += f" ({s.samples} samples)"
             lines.append(
                 f"| {s.index} | {s.line} | `{_cell(s.sql)}` | {took} | {_locks(s)} | "
                 f"{MARK[s.rating]} | {'<br>'.join(_cell(r) for r in s.reasons)} | "

@@ -210,6 +210,10 @@ def load_data(
             with lock:
                 connections.append(conn)
             conn.execute("SET synchronous_commit = off")  # a scratch database: fsync at swap
+            if manifest.encoding:  # the objects' text, converted to the database's encoding
+                conn.execute(
+                    sql.SQL("SET client_encoding = {}").format(sql.Literal(manifest.encoding))
+                )
             local.conn = conn
         return conn
 
