@@ -41,12 +41,15 @@ def session_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def passfile(session_dir: Path) -> Iterator[Path]:
-    """Test servers' passwords live in a passfile, so URLs and parameters carry none."""
+    """Test servers' passwords live in a passfile, so URLs and parameters carry none; the
+    environment every test starts from."""
     path = session_dir / "pgpass"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PGPASSFILE", str(path))
         mp.delenv("DATABASE_URL", raising=False)
         mp.delenv("BACKUP_URL", raising=False)
+        # The metadata cache of the whole session (never ~/.cache); tests of it set their own.
+        mp.setenv("DBOPS_CACHE_DIR", str(session_dir / "metadata-cache"))
         yield path
 
 

@@ -16,9 +16,7 @@ from pydantic import BaseModel, Field
 from tasks.backup.identity import ServerIdentity
 from tasks.backup.manifest import CLAIM_SUFFIX, ManifestError, new_backup_id
 from tasks.core.errors import DbopsError, first_line
-from tasks.storage.destinations import (
-    Destination,
-)
+from tasks.storage.destinations import Destination, ObjectReader
 
 MAX_ATTEMPTS = 50
 
@@ -62,7 +60,7 @@ def claim_backup_id(
     )
 
 
-def read_claim(destination: Destination, name: str) -> Claim:
+def read_claim(destination: ObjectReader, name: str) -> Claim:
     data = destination.read_bytes(name)
     try:
         return Claim.model_validate_json(data)

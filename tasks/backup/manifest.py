@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -14,7 +15,9 @@ from pydantic import BaseModel, Field
 from tasks.backup.encryption import Encryption
 from tasks.backup.identity import ServerIdentity, server_key
 from tasks.core.errors import DbopsError, first_line
-from tasks.storage.destinations import Destination
+from tasks.core.settings import metadata_cache_dir
+from tasks.storage.destinations import Destination, ObjectReader, StoredObject
+from tasks.storage.metadata_cache import MetadataCache, cached_reads
 
 MANIFEST_SUFFIX = ".manifest.json"
 # The verification result lives in a sidecar next to the manifest, which stays immutable.
@@ -159,7 +162,7 @@ def new_backup_id(database: str, when: datetime, attempt: int = 1) -> str:
     return f"{encode_database(database)}_{stamp}" + (f"-{attempt}" if attempt > 1 else "")
 
 
-def read_manifest(destination: Destination, name: str) -> Manifest:
+def read_manifest(destination: ObjectReader, name: str) -> Manifest:
     """The manifest; ManifestError when unreadable, storage errors as they are (not skipped)."""
     data = destination.read_bytes(name)
     try:
@@ -179,18 +182,22 @@ def list_manifests(
     A manifest whose dump object is missing is not a backup; one that cannot be parsed is
     skipped here (prune protects its objects); a storage error is raised, not skipped.
     """
-    objects = {obj.name for obj in destination.list()}
+    listing = destination.list()
+    objects = {obj.name for obj in listing}
     names = [n for n in sorted(objects) if n.endswith(MANIFEST_SUFFIX) and is_of(n, database)]
 
-    def load(name: str) -> Manifest | None:
-        manifest = read_manifest(destination, name)
-        sidecar = manifest.backup_id + VERIFIED_SUFFIX
-        if sidecar in objects:
-            manifest.verification = read_verification(destination, sidecar) or manifest.verification
-        return manifest
+    with metadata_reads(destination, listing) as source:
 
+        def load(name: str) -> Manifest | None:
+            manifest = read_manifest(source, name)
+            sidecar = manifest.backup_id + VERIFIED_SUFFIX
+            if sidecar in objects:
+                manifest.verification = read_verification(source, sidecar) or manifest.verification
+            return manifest
+
+        loaded = read_concurrently(load, names)
     manifests = []
-    for manifest in read_concurrently(load, names).values():
+    for manifest in loaded.values():
         if isinstance(manifest, ManifestError) or manifest is None:
             continue
         if manifest.dump.name not in objects:
@@ -202,6 +209,16 @@ def list_manifests(
         manifests.append(manifest)
     manifests.sort(key=lambda m: (m.started_at, m.backup_id), reverse=True)
     return manifests
+
+
+@contextlib.contextmanager
+def metadata_reads(
+    destination: Destination, listing: list[StoredObject]
+) -> Iterator[MetadataCache]:
+    """Where every listing reader reads manifests and records: through the metadata cache of
+    `destination` (DBOPS_CACHE_DIR), hits only for objects unchanged since they were read."""
+    with cached_reads(destination, listing, metadata_cache_dir()) as cache:
+        yield cache
 
 
 T = TypeVar("T")
@@ -237,7 +254,7 @@ def is_of(name: str, database: str | None) -> bool:
 
 
 def read_verification(
-    destination: Destination, name: str, strict: bool = False
+    destination: ObjectReader, name: str, strict: bool = False
 ) -> Verification | None:
     """The sidecar's result. Lenient (listing): None when missing or unreadable, never
     'verified'. Strict (prune): an unreadable sidecar or a storage error is raised."""

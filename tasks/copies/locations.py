@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from tasks.backup.manifest import Manifest
+from tasks.backup.manifest import Manifest, metadata_reads
 from tasks.copies.records import read_records
 from tasks.core.errors import DbopsError, first_line
 from tasks.retention.freshness import DatabaseFreshness
@@ -29,12 +29,15 @@ def backup_locations(
     source: Destination, manifests: list[Manifest], s3: S3Options | None = None
 ) -> dict[str, list[Location]]:
     """backup id -> where it is, its own destination first."""
-    names = {obj.name for obj in source.list()}
+    listing = source.list()
+    names = {obj.name for obj in listing}
+    with metadata_reads(source, listing) as reader:
+        recorded = {m.backup_id: read_records(reader, names, m.backup_id) for m in manifests}
     listings: dict[str, set[str] | str] = {}
     found: dict[str, list[Location]] = {}
     for manifest in manifests:
         places = [Location(destination=source.url, present=True)]
-        for record in read_records(source, names, manifest.backup_id):
+        for record in recorded[manifest.backup_id]:
             listing = listings.get(record.destination)
             if listing is None:
                 listing = listings[record.destination] = _listing(record.destination, s3)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from tasks.backup.manifest import Manifest, ManifestError, ObjectInfo
 from tasks.core.errors import first_line
-from tasks.storage.destinations import Destination
+from tasks.storage.destinations import ObjectReader
 
 COPY_MARK = ".copy-"
 COPY_SUFFIX = ".json"
@@ -57,7 +57,7 @@ def backup_objects(manifest: Manifest) -> list[ObjectInfo]:
     return found
 
 
-def read_records(destination: Destination, names: set[str], backup_id: str) -> list[CopyRecord]:
+def read_records(destination: ObjectReader, names: set[str], backup_id: str) -> list[CopyRecord]:
     """The copies recorded for `backup_id`, from the object names a listing gave."""
     prefix = backup_id + COPY_MARK
     records = []

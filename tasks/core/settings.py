@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -50,6 +51,11 @@ class Settings(BaseModel):
     age_identity: str | None = Field(
         None, description="DBOPS_AGE_IDENTITY: an age identity file, or secret://BLOCK"
     )
+    cache_dir: str | None = Field(
+        None,
+        description="DBOPS_CACHE_DIR: the metadata cache (default $XDG_CACHE_HOME/dbops or "
+        "~/.cache/dbops); None: off (DBOPS_CACHE_DIR=off or empty)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +81,7 @@ class Settings(BaseModel):
             secretsmanager_endpoint_url=get("AWS_ENDPOINT_URL_SECRETSMANAGER"),
             age_recipients=get("DBOPS_AGE_RECIPIENTS"),
             age_identity=get("DBOPS_AGE_IDENTITY"),
+            cache_dir=str(cache_dir) if (cache_dir := metadata_cache_dir(env)) else None,
         )
 
     @classmethod
@@ -128,6 +135,21 @@ class Settings(BaseModel):
                 "to a server where dbops may CREATE and DROP a database"
             )
         return ConnInfo.parse(url)
+
+
+def metadata_cache_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """Where the cache of manifests and records lives (`storage/metadata_cache.py`); None:
+    off. DBOPS_CACHE_DIR, else $XDG_CACHE_HOME/dbops, else ~/.cache/dbops."""
+    env = os.environ if env is None else env
+    value = env.get("DBOPS_CACHE_DIR")
+    if value is not None:
+        return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
+    if env.get("XDG_CACHE_HOME", "").startswith("/"):  # the spec ignores a relative one
+        return Path(env["XDG_CACHE_HOME"]) / "dbops"
+    try:
+        return Path.home() / ".cache" / "dbops"
+    except RuntimeError:  # no home directory: no cache
+        return None
 
 
 def s3_options_from_env(env: Mapping[str, str] | None = None) -> S3Options:

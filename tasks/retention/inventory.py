@@ -28,6 +28,7 @@ from tasks.backup.manifest import (
     backup_id_of,
     database_of_id,
     encode_database,
+    metadata_reads,
     read_concurrently,
     read_manifest,
     read_verification,
@@ -35,7 +36,7 @@ from tasks.backup.manifest import (
 from tasks.copies.records import COPY_MARK, backup_objects
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
-from tasks.storage.destinations import Destination, IncompleteWrite
+from tasks.storage.destinations import Destination, IncompleteWrite, ObjectReader, StoredObject
 from tasks.storage.object_lock import ObjectLockedError
 
 T = TypeVar("T")
@@ -67,7 +68,15 @@ def _mine(name: str, database: str | None) -> bool:
 
 def take_inventory(destination: Destination, database: str | None = None) -> Inventory:
     """Read every manifest once; a manifest whose dump is gone is a leftover, not a backup."""
-    stored = {obj.name: obj for obj in destination.list()}
+    listing = destination.list()
+    with metadata_reads(destination, listing) as source:
+        return _inventory(source, listing, database)
+
+
+def _inventory(
+    source: ObjectReader, listing: list[StoredObject], database: str | None
+) -> Inventory:
+    stored = {obj.name: obj for obj in listing}
     objects = set(stored)
     inventory = Inventory([], [], [])
     named: set[str] = set()
@@ -78,7 +87,7 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         protected.add(backup_id_of(name))
 
     manifest_names = sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX))
-    loaded = read_concurrently(lambda n: read_manifest(destination, n), manifest_names)
+    loaded = read_concurrently(lambda n: read_manifest(source, n), manifest_names)
     for name, manifest in loaded.items():
         if isinstance(manifest, ManifestError):
             protect(name)
@@ -96,7 +105,7 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
         inventory.manifests.append(manifest)
     sidecars = [m.backup_id + VERIFIED_SUFFIX for m in inventory.manifests]
     records = read_concurrently(
-        lambda n: read_verification(destination, n, strict=True),
+        lambda n: read_verification(source, n, strict=True),
         [n for n in sidecars if n in objects],
     )
     for manifest, sidecar in zip(inventory.manifests, sidecars, strict=True):
@@ -108,7 +117,7 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
     for name in sorted(n for n in objects if n.endswith(CLAIM_SUFFIX) and n not in named):
         if backup_id_of(name) in protected or not _mine(name, database):
             continue
-        claim = _read(read_claim, destination, name, protect)
+        claim = _read(read_claim, source, name, protect)
         if claim is None:
             continue
         own = [n for n in claim.objects if backup_id_of(n) == claim.backup_id and n in objects]
@@ -126,8 +135,8 @@ def take_inventory(destination: Destination, database: str | None = None) -> Inv
 
 
 def _read(
-    read: Callable[[Destination, str], T],
-    destination: Destination,
+    read: Callable[[ObjectReader, str], T],
+    destination: ObjectReader,
     name: str,
     protect: Callable[[str], None],
 ) -> T | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import botocore.exceptions
 import smart_open
@@ -42,6 +42,26 @@ class StoredObject:
     name: str
     size: int
     modified: datetime
+    etag: str | None = None  # S3: changes whenever the object is written again
+    mtime_ns: int | None = None  # a local file: with size and inode, its version
+    inode: int | None = None
+
+    @property
+    def version(self) -> str | None:
+        """What changes when the object is written again (None: unknown, never cached)."""
+        if self.etag:
+            return self.etag
+        if self.mtime_ns is not None:
+            return f"{self.size}:{self.mtime_ns}:{self.inode}"
+        return None
+
+
+class ObjectReader(Protocol):
+    """What reading a small metadata object needs (a Destination, or its metadata cache)."""
+
+    def read_bytes(self, name: str) -> bytes: ...
+
+    def url_for(self, name: str) -> str: ...
 
 
 class IncompleteWrite(BaseModel):
@@ -118,6 +138,15 @@ class Destination:
         with self.open_read(name) as stream:
             return stream.read()
 
+    def read_versioned(self, name: str) -> tuple[bytes, str | None]:
+        """The object's bytes and the version of exactly those bytes (as `list()` gives it)."""
+        return self.read_bytes(name), None
+
+    @property
+    def cache_key(self) -> str:
+        """Names this place among all others (a metadata cache's file is per place)."""
+        return self.url
+
     def write_bytes(self, name: str, data: bytes) -> None:
         with self.open_write(name) as stream:
             stream.write(data)
@@ -185,10 +214,19 @@ class LocalDestination(Destination):
             if not path.is_file() or PARTIAL_MARK in path.name:
                 continue
             stat = path.stat()
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             objects.append(
-                StoredObject(path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                StoredObject(
+                    path.name, stat.st_size, modified, mtime_ns=stat.st_mtime_ns, inode=stat.st_ino
+                )
             )
         return objects
+
+    def read_versioned(self, name: str) -> tuple[bytes, str | None]:
+        with self.open_read(name) as stream:
+            stat = os.fstat(stream.fileno())  # the file read, even if renamed over since
+            data = stream.read()
+        return data, f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -262,6 +300,10 @@ class S3Destination(Destination):
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.options.endpoint_url or 'aws'} {self.url}"
 
     def url_for(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
@@ -353,10 +395,29 @@ class S3Destination(Destination):
             ):
                 for item in page.get("Contents", []):
                     name = item["Key"][len(prefix) :]
-                    objects.append(StoredObject(name, item["Size"], item["LastModified"]))
+                    objects.append(
+                        StoredObject(
+                            name, item["Size"], item["LastModified"], etag=item.get("ETag")
+                        )
+                    )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _explain_s3_error(exc, self.bucket) from None
         return objects
+
+    def read_versioned(self, name: str) -> tuple[bytes, str | None]:
+        """One GetObject: the bytes with the ETag of exactly those bytes."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+            data = response["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise DbopsError(
+                    f"{self.url_for(name)} does not exist; `dbops list` shows the backups"
+                ) from None
+            raise _explain_s3_error(exc, self.bucket) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _explain_s3_error(exc, self.bucket) from None
+        return data, response.get("ETag")
 
     def exists(self, name: str) -> bool:
         try:
