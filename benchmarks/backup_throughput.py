@@ -377,6 +377,7 @@ def base_environment(workdir: Path, bytecode_cache: bool) -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=str(workdir / "aws-config"),
         BENCH_TMP=str(workdir / "tmp"),
         BENCH_BUCKET=BUCKET,
+        DBOPS_CACHE_DIR=str(workdir / "dbops-cache"),  # never the user's ~/.cache/dbops
     )
     (workdir / "tmp").mkdir(exist_ok=True)
     return env

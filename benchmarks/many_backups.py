@@ -4,11 +4,13 @@ Writes `--backups` (default 2,000) backups of one database (dump, manifest, and 
 record for half of them: 5,000 objects over several S3 pages) and times, medians of `--repeat`:
 
   aws s3 ls       the stock client listing the prefix (the floor: the listing alone)
-  sequential      list_manifests reading one manifest at a time (how dbops read before)
-  concurrent      list_manifests as shipped (READERS manifests at a time)
-  inventory       take_inventory, what prune reads before it plans (concurrent)
-  dbops list      the whole `dbops list --json` process
-  dbops prune     the whole `dbops prune --dry-run --keep-last 7` process (a Prefect flow)
+  sequential      list_manifests reading one manifest at a time, no cache (how dbops read first)
+  concurrent      list_manifests, READERS manifests at a time, no cache (DBOPS_CACHE_DIR=off)
+  inventory       take_inventory, what prune reads before it plans (concurrent, no cache)
+  inventory (warm cache)  take_inventory with the metadata cache filled by an earlier run
+  dbops list      the whole `dbops list --json` process, cold: an empty cache directory
+  dbops prune     the whole `dbops prune --dry-run --keep-last 7` process (a Prefect flow), cold
+  ... (warm cache)  the same processes with the cache an earlier run of each filled
 
     uv run python benchmarks/many_backups.py --backups 2000 --repeat 3
 """
@@ -16,6 +18,7 @@ record for half of them: 5,000 objects over several S3 pages) and times, medians
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,27 +99,56 @@ def main() -> int:
             finally:
                 manifest_module.READERS = readers
 
-        def run(argv: list[str]) -> Callable[[], object]:
+        caches = workdir / "caches"
+        warm = str(caches / "warm")
+
+        def run(argv: list[str], cache: str | None = None) -> Callable[[], object]:
+            """The process with `cache` as DBOPS_CACHE_DIR, or (cold) a new empty one."""
+
             def go() -> object:
-                done = subprocess.run(argv, env=bench.env, capture_output=True, check=False)
+                cache_dir = cache or tempfile.mkdtemp(prefix="cold-", dir=caches)
+                env = {**bench.env, "DBOPS_CACHE_DIR": cache_dir}
+                done = subprocess.run(argv, env=env, capture_output=True, check=False)
                 if done.returncode != 0:
                     raise SystemExit(f"{argv[:2]} failed: {done.stderr.decode()[-400:]}")
                 return done
 
             return go
 
+        def uncached(action: Callable[[], object]) -> Callable[[], object]:
+            def go() -> object:
+                os.environ["DBOPS_CACHE_DIR"] = "off"
+                return action()
+
+            return go
+
+        def cached(action: Callable[[], object]) -> Callable[[], object]:
+            def go() -> object:
+                os.environ["DBOPS_CACHE_DIR"] = warm
+                return action()
+
+            return go
+
+        dbops_list = [bench.dbops, "list", "--to", url, "--json"]
+        dbops_prune = [bench.dbops, "prune", "--to", url, "--keep-last", "7", "--dry-run"]
         steps: dict[str, Callable[[], object]] = {
             "aws s3 ls": run(
                 [bench.aws, "--endpoint-url", bench.endpoint, "s3", "ls", url + "/", "--recursive"]
             ),
-            "sequential": sequential,
-            "concurrent": lambda: list_manifests(destination, "ai_saas"),
-            "inventory": lambda: take_inventory(destination, "ai_saas"),
-            "dbops list": run([bench.dbops, "list", "--to", url, "--json"]),
-            "dbops prune": run(
-                [bench.dbops, "prune", "--to", url, "--keep-last", "7", "--dry-run"]
-            ),
+            "sequential": uncached(sequential),
+            "concurrent": uncached(lambda: list_manifests(destination, "ai_saas")),
+            "inventory": uncached(lambda: take_inventory(destination, "ai_saas")),
+            "inventory (warm cache)": cached(lambda: take_inventory(destination, "ai_saas")),
+            "dbops list": run(dbops_list),
+            "dbops list (warm cache)": run(dbops_list, warm),
+            "dbops prune": run(dbops_prune),
+            "dbops prune --dry-run (warm cache)": run(dbops_prune, warm),
         }
+        caches.mkdir()
+        started = time.perf_counter()
+        run(dbops_list, warm)()  # fills the warm cache (prune's inventory reads no more)
+        log(f"warm cache filled by one dbops list in {time.perf_counter() - started:.1f} s")
+        os.environ["DBOPS_CACHE_DIR"] = "off"
         assert len(list_manifests(destination, "ai_saas")) == args.backups
         for round_ in range(1, args.repeat + 1):
             for step, action in steps.items():
@@ -125,13 +157,17 @@ def main() -> int:
         objects = len(destination.list())
     print(
         f"\nMachine: {meta['cpu_model']}, {meta['cpus']} CPUs, load before {meta['load_before']}; "
-        f"{args.backups} backups ({objects} objects); medians of {args.repeat}\n"
+        f"{args.backups} backups ({objects} objects); medians of {args.repeat}; "
+        f"load after {os.getloadavg()[0]:.1f}\n"
     )
     base = median(times["sequential"])
-    print("| step | wall (s) | vs sequential |")
-    print("|---|---:|---:|")
+    cold_of = {"inventory (warm cache)": "inventory", "dbops list (warm cache)": "dbops list"}
+    cold_of["dbops prune --dry-run (warm cache)"] = "dbops prune"
+    print("| step | wall (s) | vs sequential | warm vs cold |")
+    print("|---|---:|---:|---:|")
     for step, values in times.items():
-        print(f"| {step} | {median(values):.2f} | {base / median(values):.2f}x |")
+        cold = f"{median(times[cold_of[step]]) / median(values):.2f}x" if step in cold_of else ""
+        print(f"| {step} | {median(values):.2f} | {base / median(values):.2f}x | {cold} |")
     return 0
 
 
