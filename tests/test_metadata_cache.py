@@ -148,11 +148,11 @@ def test_local_directory_changed_files_are_read_again(tmp_path, monkeypatch):
     made = backups(destination, 2)
     assert [m.labels for m in list_manifests(destination)] == [[], []]
     assert cache_names(tmp_path / "cache") >= {m.manifest_name for m in made}
-    write_manifest(destination, made[0].model_copy(update={"labels": ["same-size?"]}))
+    write_manifest(destination, made[0].model_copy(update={"labels": ["replaced"]}))
     (tmp_path / "backups" / made[1].manifest_name).write_text("{}")  # same inode, rewritten
     listed = list_manifests(destination)
     assert [m.backup_id for m in listed] == [made[0].backup_id]
-    assert listed[0].labels == ["same-size?"]
+    assert listed[0].labels == ["replaced"]
 
 
 def test_prune_with_a_cached_inventory_deletes_exactly_what_it_planned(
