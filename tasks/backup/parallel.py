@@ -186,8 +186,6 @@ class _Copier:
                 "SET idle_in_transaction_session_timeout = 0"
             )
             conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(self.encoding)))
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
             self.local.conn = conn
         return conn
 
@@ -224,8 +222,12 @@ class _Copier:
             yield self._through_psql(part, rows)
             return
         conn = self.connection()
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target))
-        with conn.cursor() as cursor:
+        # One transaction per part in the imported snapshot: a worker holds one table's lock
+        # at a time (the snapshot's own connection holds them all).
+        with conn.transaction(), conn.cursor() as cursor:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target))
             with cursor.copy(part.query()) as copy:
                 yield self._batches(copy, rows)
             if cursor.rowcount != rows[0]:
@@ -404,11 +406,17 @@ def run_parallel_backup(
                 return stats
 
             with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="copy") as pool:
+                # One after the other in one worker: each pg_dump locks every table.
                 schema_job = pool.submit(
-                    dump, schema_command, backup_id + schema_suffix, "none", None
-                )
-                rest_job = pool.submit(
-                    dump, rest_command, backup_id + rest_suffix, request.compression, filter_lines
+                    lambda: (
+                        dump(schema_command, backup_id + schema_suffix, "none", None),
+                        dump(
+                            rest_command,
+                            backup_id + rest_suffix,
+                            request.compression,
+                            filter_lines,
+                        ),
+                    )
                 )
 
                 def copy(part: TablePart) -> DataObject:
@@ -424,7 +432,7 @@ def run_parallel_backup(
                     return result
 
                 table_jobs = [pool.submit(copy, p) for p in sorted(parts, key=lambda p: -p.size)]
-                done, _ = wait([schema_job, rest_job, *table_jobs], return_when=FIRST_EXCEPTION)
+                done, _ = wait([schema_job, *table_jobs], return_when=FIRST_EXCEPTION)
                 failures = [f.exception() for f in done if f.exception()]
                 failures.sort(key=lambda e: isinstance(e, _Stopped))  # the first cause first
                 failure = failures[0] if failures else None
@@ -433,7 +441,7 @@ def run_parallel_backup(
                     for job in table_jobs:
                         job.cancel()
                     raise _explain(failure) from None
-                schema_stats, rest_stats = schema_job.result(), rest_job.result()
+                schema_stats, rest_stats = schema_job.result()
                 objects = [job.result() for job in table_jobs]
             rest = DataObject(
                 name=backup_id + rest_suffix,
