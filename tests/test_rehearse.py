@@ -224,6 +224,7 @@ def test_another_tools_migrations_are_watched_by_a_sampling_session(
         '"""widen Message.body"""\nfrom alembic import op\n\nrevision = "0003"\n'
         'down_revision = "0002"\n\n\ndef upgrade() -> None:\n'
         "    op.execute('ALTER TABLE \"Message\" ALTER COLUMN body TYPE varchar(300)')\n"
+        '    op.execute("SELECT pg_sleep(0.3)")\n'  # held until Alembic's COMMIT: sampled
     )
     before = snapshot(url)
 
@@ -246,4 +247,5 @@ def test_another_tools_migrations_are_watched_by_a_sampling_session(
         "ACCESS EXCLUSIVE",
         True,
     )
+    assert not effect.lock_inferred and effect.held_seconds >= 0.2
     assert snapshot(url) == before and rehearsal_copies(pg) == []
