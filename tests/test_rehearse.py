@@ -79,6 +79,8 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
 ):
     url, backups, backup_id = production
     monkeypatch.setenv("DATABASE_URL", url)
+    # The copy goes to VERIFY_DATABASE_URL's server (here told apart by a libpq option).
+    monkeypatch.setenv("VERIFY_DATABASE_URL", pg.url("postgres", password="") + "?keepalives=1")
     root = write_migrations(tmp_path / "m", MIGRATIONS)
     before = snapshot(url)
 
@@ -87,6 +89,7 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert state.is_completed(), state.message
     report = state.result()
     assert report.backup_id == backup_id and report.scratch_dropped
+    assert "__dbops_rehearse_" in report.scratch and report.scratch.endswith("?keepalives=1")
     assert [m.id for m in report.migrations] == list(m.removesuffix(".sql") for m in MIGRATIONS)
     assert all(m.rehearsed and m.error is None for m in report.migrations)
     # The update touched every row, under ROW EXCLUSIVE only: green.
