@@ -33,6 +33,8 @@ MIGRATIONS = {
     "0003_index.sql": 'CREATE INDEX message_user ON "Message" (user_id);\n',
     "0004_created.sql": 'ALTER TABLE "User" ADD COLUMN created timestamptz NOT NULL '
     "DEFAULT clock_timestamp();\n",
+    "0005_concurrent.sql": "-- dbops:no-transaction\n"
+    'CREATE INDEX CONCURRENTLY IF NOT EXISTS message_body ON "Message" (body);\n',
 }
 
 
@@ -79,6 +81,8 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
 ):
     url, backups, backup_id = production
     monkeypatch.setenv("DATABASE_URL", url)
+    # The copy goes to VERIFY_DATABASE_URL's server (here told apart by a libpq option).
+    monkeypatch.setenv("VERIFY_DATABASE_URL", pg.url("postgres", password="") + "?keepalives=1")
     root = write_migrations(tmp_path / "m", MIGRATIONS)
     before = snapshot(url)
 
@@ -87,6 +91,7 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert state.is_completed(), state.message
     report = state.result()
     assert report.backup_id == backup_id and report.scratch_dropped
+    assert "__dbops_rehearse_" in report.scratch and report.scratch.endswith("?keepalives=1")
     assert [m.id for m in report.migrations] == list(m.removesuffix(".sql") for m in MIGRATIONS)
     assert all(m.rehearsed and m.error is None for m in report.migrations)
     # The update touched every row, under ROW EXCLUSIVE only: green.
@@ -111,6 +116,11 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert [(e.lock, e.rewritten) for e in created.effects] == [("ACCESS EXCLUSIVE", True)]
     assert "adding-field-with-default" in [f.rule for f in created.lint]
     assert any("backfill it in batches" in advice for advice in created.advice)
+    # Outside a transaction: watched by the sampling session; SHARE UPDATE EXCLUSIVE at most.
+    concurrent = statement(report, "0005_concurrent")
+    assert concurrent.observed == "sampled" and concurrent.samples is not None
+    assert concurrent.lint == [] and concurrent.rating == "green"
+    assert all(e.lock in (None, "SHARE UPDATE EXCLUSIVE") for e in concurrent.effects)
     assert report.rating == "amber" and not report.refusals
     assert report.expected_seconds == pytest.approx(sum(m.seconds for m in report.migrations))
     assert [c.ok for c in report.checks] == [True, True]
@@ -130,6 +140,7 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert red.rating == "red" and red.scratch_dropped
     assert any('held ACCESS EXCLUSIVE on public."Message"' in r for r in red.refusals)
     assert any("0003_index statement 1" in r and "SHARE" in r for r in red.refusals)
+    assert not any("0005_concurrent" in r for r in red.refusals)  # writes go on during it
     assert snapshot(url) == before and rehearsal_copies(pg) == []
 
 
@@ -224,6 +235,7 @@ def test_another_tools_migrations_are_watched_by_a_sampling_session(
         '"""widen Message.body"""\nfrom alembic import op\n\nrevision = "0003"\n'
         'down_revision = "0002"\n\n\ndef upgrade() -> None:\n'
         "    op.execute('ALTER TABLE \"Message\" ALTER COLUMN body TYPE varchar(300)')\n"
+        '    op.execute("SELECT pg_sleep(0.3)")\n'  # held until Alembic's COMMIT: sampled
     )
     before = snapshot(url)
 
@@ -246,4 +258,5 @@ def test_another_tools_migrations_are_watched_by_a_sampling_session(
         "ACCESS EXCLUSIVE",
         True,
     )
+    assert not effect.lock_inferred and effect.held_seconds >= 0.2
     assert snapshot(url) == before and rehearsal_copies(pg) == []

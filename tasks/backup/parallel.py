@@ -295,7 +295,9 @@ class _Copier:
         hasher = hashlib.sha256()
         stored = 0
         with self.destination.open_write(part.name) as sink, self._rows_of(part, rows) as chunks:
-            pieces = compress_stream(chunks, self.compression, self.level, self.threads)
+            pieces = compress_stream(
+                _at_least_one(chunks), self.compression, self.level, self.threads
+            )
             if self.recipients is not None:
                 pieces = encrypt_chunks(pieces, self.recipients)
             for piece in pieces:
@@ -313,6 +315,16 @@ class _Copier:
             rows=rows[0],
             chunk=part.chunk,
         )
+
+
+def _at_least_one(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """An empty table still makes a whole compressed stream (gunzip reads it as empty)."""
+    empty = True
+    for chunk in chunks:
+        empty = False
+        yield chunk
+    if empty:
+        yield b""
 
 
 def _exclusions(pg_dump: ClientTool, parts: list[TablePart]) -> tuple[list[str], bytes | None]:

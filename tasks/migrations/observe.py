@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import psycopg
 from pydantic import BaseModel, Field
 
+from tasks.core.errors import DbopsError, first_line
 from tasks.core.postgres import ConnInfo
 from tasks.migrations.statements import Statement
 
@@ -39,6 +40,9 @@ LOCK_MODES = (
 BLOCKS_READS = {"AccessExclusiveLock"}
 BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
 SAMPLE_INTERVAL = 0.01
+# Every way PostgreSQL gives an existing table a new file (ALTER ... TYPE, a volatile default,
+# SET TABLESPACE, TRUNCATE, VACUUM FULL, CLUSTER, REFRESH MATERIALIZED VIEW) takes this lock.
+REWRITE_LOCK = "AccessExclusiveLock"
 
 # One round trip: every table with its file node and this transaction's (pg_stat_get_xact_*)
 # or the shared (pg_stat_get_*) scan and row counters.
@@ -92,6 +96,9 @@ class RelationEffect(BaseModel):
 
     relation: str
     lock: str | None = Field(None, description="the strongest lock it took, e.g. ACCESS EXCLUSIVE")
+    lock_inferred: bool = Field(
+        False, description="not seen by the sampler but proven by the rewrite (a new file)"
+    )
     blocks: str = Field("nothing", description="reads and writes, writes, or nothing")
     rewritten: bool = Field(False, description="its relfilenode changed: the table was rewritten")
     scanned: bool = Field(False, description="a sequential scan of the whole table")
@@ -155,9 +162,14 @@ class LockSampler:
         self._ready.wait(15)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *rest: object) -> None:
         self._stop.set()
         self._thread.join(15)
+        if self._error is not None and exc_type is None:  # never hide the statement's own error
+            raise DbopsError(
+                f"the session sampling pg_locks on {self.info.redacted()} failed "
+                f"({first_line(self._error)}), so the locks taken are unknown; run again"
+            )
 
     def _run(self) -> None:
         query = (
@@ -214,10 +226,14 @@ def effects_between(
         if not (modes or rewritten or scanned or rows):
             continue
         mode = strongest(modes)
+        inferred = rewritten and mode != REWRITE_LOCK
+        if inferred:  # a sampler can miss a short lock; a new relfilenode proves this one
+            mode = REWRITE_LOCK
         effects.append(
             RelationEffect(
                 relation=name,
                 lock=lock_label(mode) if mode else None,
+                lock_inferred=inferred,
                 blocks=(
                     "reads and writes"
                     if mode in BLOCKS_READS
@@ -228,7 +244,7 @@ def effects_between(
                 rewritten=rewritten,
                 scanned=scanned and not rewritten,
                 rows=rows,
-                held_seconds=round(held(oid, mode), 3) if held and mode else 0.0,
+                held_seconds=round(held(oid, mode), 3) if held and mode and not inferred else 0.0,
             )
         )
     effects.sort(key=lambda e: (-LOCK_MODES.index(_mode_of(e.lock)), e.relation))

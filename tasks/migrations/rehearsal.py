@@ -148,6 +148,11 @@ def rate(statement: RehearsedStatement, max_lock_seconds: float) -> None:
     statement.reasons = red + amber
     statement.advice = list(dict.fromkeys(a for a in advice if a))
     statement.rating = Rating.RED if red else Rating.AMBER if amber else Rating.GREEN
+    if statement.ran and statement.observed == "sampled" and not statement.samples:
+        statement.reasons.append(
+            "finished before the sampling session looked: its locks were not observed "
+            "(squawk's lint above stands)"
+        )
 
 
 def _builds_index(sql: str) -> bool:

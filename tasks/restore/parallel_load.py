@@ -52,6 +52,10 @@ from tasks.restore.streaming import (
 ADVICE = "; nothing was restored, restore another backup"
 
 
+class _Stopped(DbopsError):
+    """A loader abandoning its object because another one failed: never the reported cause."""
+
+
 @dataclass
 class DataLoaded:
     """What loading the data objects saw: bytes read and rows per table, as COPY reported."""
@@ -125,8 +129,14 @@ def copy_failure(exc: psycopg.Error, where: str) -> DbopsError:
     return BackupFaultError(f"loading {where} failed: {first_line(exc)}", BackupCheck.RESTORE)
 
 
-def load_object(source: BackupSource, obj: DataObject, conn: psycopg.Connection) -> int:
-    """Stream one table object into COPY FROM STDIN; the end is sent only if it is intact."""
+def load_object(
+    source: BackupSource,
+    obj: DataObject,
+    conn: psycopg.Connection,
+    stop: threading.Event | None = None,
+) -> int:
+    """Stream one table object into COPY FROM STDIN; the end is sent only if it is intact.
+    `stop` set (another object failed) abandons the COPY at the next chunk."""
     assert obj.relation is not None
     where = source.destination.url_for(obj.name)
     manifest = _manifest(source)
@@ -146,6 +156,8 @@ def load_object(source: BackupSource, obj: DataObject, conn: psycopg.Connection)
                 decompressor = DecompressingReader(plain, manifest.compression)
                 held = decompressor.read_chunk(CHUNK_SIZE)
                 while True:
+                    if stop is not None and stop.is_set():
+                        raise _Stopped("another object failed to load")
                     following = decompressor.read_chunk(CHUNK_SIZE) if held else b""
                     if not following:
                         check_stored(where, reader, obj, ADVICE)
@@ -225,7 +237,7 @@ def load_data(
                 load_rest(source, obj, into, major, secret, transform)
                 loaded.add(obj.size, None, 0)
             else:
-                loaded.add(obj.size, obj.table, load_object(source, obj, connection()))
+                loaded.add(obj.size, obj.table, load_object(source, obj, connection(), failed))
         except BaseException:
             failed.set()
             raise
@@ -235,7 +247,9 @@ def load_data(
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="load") as pool:
             futures = [pool.submit(one, obj) for obj in objects]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failure = next((f.exception() for f in done if f.exception()), None)
+            failures = [f.exception() for f in done if f.exception()]
+            failures.sort(key=lambda e: isinstance(e, _Stopped))  # the first cause first
+            failure = failures[0] if failures else None
             if failure is not None:
                 failed.set()
                 raise failure
