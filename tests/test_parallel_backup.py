@@ -20,6 +20,7 @@ from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
 from tasks.backup.parallel import run_parallel_backup
 from tasks.backup.pipeline import BackupRequest
 from tasks.backup.row_counts import table_row_counts
+from tasks.copies.records import records_by_backup
 from tasks.core.errors import BackupFaultError
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
@@ -81,7 +82,7 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
     assert len(rest) == 1  # sequences and large objects: pg_dump's data section, tables left out
     # Every stored object is the manifest's, and prune's list of the backup names them all.
     stored = {n for n in object_names(destination) if n.startswith(manifest.backup_id + ".")}
-    assert stored == set(backup_object_names(manifest, stored)) - {
+    assert stored == set(backup_object_names(manifest, records_by_backup(stored))) - {
         manifest.backup_id + ".verified.json"
     }
     assert read_back_dump(destination, manifest).stored_bytes == manifest.dump.size

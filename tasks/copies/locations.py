@@ -12,7 +12,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from tasks.backup.manifest import Manifest, metadata_reads
-from tasks.copies.records import read_records
+from tasks.copies.records import read_records, records_by_backup
 from tasks.core.errors import DbopsError, first_line
 from tasks.retention.freshness import DatabaseFreshness
 from tasks.storage.destinations import Destination, S3Options
@@ -30,9 +30,12 @@ def backup_locations(
 ) -> dict[str, list[Location]]:
     """backup id -> where it is, its own destination first."""
     listing = source.list()
-    names = {obj.name for obj in listing}
+    names = records_by_backup(obj.name for obj in listing)
     with metadata_reads(source, listing) as reader:
-        recorded = {m.backup_id: read_records(reader, names, m.backup_id) for m in manifests}
+        recorded = {
+            m.backup_id: read_records(reader, names.get(m.backup_id, ()), m.backup_id)
+            for m in manifests
+        }
     listings: dict[str, set[str] | str] = {}
     found: dict[str, list[Location]] = {}
     for manifest in manifests:

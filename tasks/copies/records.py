@@ -9,6 +9,7 @@ their backup. The hash names the destination, so copying twice to one place reco
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -47,6 +48,16 @@ def is_record(name: str) -> bool:
     return COPY_MARK in name and name.endswith(COPY_SUFFIX)
 
 
+def records_by_backup(names: Iterable[str]) -> dict[str, set[str]]:
+    """The names carrying a copy mark, by the backup id before it: one pass over a listing,
+    however many backups then look theirs up."""
+    found: dict[str, set[str]] = {}
+    for name in names:
+        if COPY_MARK in name:
+            found.setdefault(name.split(COPY_MARK, 1)[0], set()).add(name)
+    return found
+
+
 def backup_objects(manifest: Manifest) -> list[ObjectInfo]:
     """Every data object a manifest names with its checksum (dump, globals, any later kind)."""
     found: list[ObjectInfo] = []
@@ -57,8 +68,11 @@ def backup_objects(manifest: Manifest) -> list[ObjectInfo]:
     return found
 
 
-def read_records(destination: ObjectReader, names: set[str], backup_id: str) -> list[CopyRecord]:
-    """The copies recorded for `backup_id`, from the object names a listing gave."""
+def read_records(
+    destination: ObjectReader, names: Iterable[str], backup_id: str
+) -> list[CopyRecord]:
+    """The copies recorded for `backup_id`, from the object names a listing gave (or its
+    `records_by_backup` entry)."""
     prefix = backup_id + COPY_MARK
     records = []
     for name in sorted(n for n in names if n.startswith(prefix) and n.endswith(COPY_SUFFIX)):

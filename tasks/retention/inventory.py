@@ -33,7 +33,7 @@ from tasks.backup.manifest import (
     read_manifest,
     read_verification,
 )
-from tasks.copies.records import COPY_MARK, backup_objects
+from tasks.copies.records import backup_objects, records_by_backup
 from tasks.core.errors import DbopsError, TransientError
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination, IncompleteWrite, ObjectReader, StoredObject
@@ -86,13 +86,14 @@ def _inventory(
         inventory.unreadable.append(name)
         protected.add(backup_id_of(name))
 
+    copies = records_by_backup(objects)
     manifest_names = sorted(n for n in objects if n.endswith(MANIFEST_SUFFIX))
     loaded = read_concurrently(lambda n: read_manifest(source, n), manifest_names)
     for name, manifest in loaded.items():
         if isinstance(manifest, ManifestError):
             protect(name)
             continue
-        own = backup_object_names(manifest, objects)
+        own = backup_object_names(manifest, copies)
         if not all(backup_id_of(n) == manifest.backup_id for n in own):
             protect(name)  # names objects outside its backup: never acted on
             continue
@@ -148,12 +149,12 @@ def _read(
         return None
 
 
-def backup_object_names(manifest: Manifest, present: set[str] | None = None) -> list[str]:
+def backup_object_names(manifest: Manifest, copies: dict[str, set[str]] | None = None) -> list[str]:
     """A backup's objects in deletion order: the manifest, its completion mark, goes last.
-    Its copy records (`copies/records.py`) are among the `present` names."""
+    Its copy records are those `copies` (`records_by_backup` of a listing) names for its id."""
     names = [info.name for info in backup_objects(manifest)]  # the dump first
     names.append(manifest.backup_id + VERIFIED_SUFFIX)
-    names += sorted(n for n in present or () if n.startswith(manifest.backup_id + COPY_MARK))
+    names += sorted((copies or {}).get(manifest.backup_id, ()))
     names += [manifest.claim_name, manifest.manifest_name]
     return names
 
@@ -172,11 +173,12 @@ def apply_plan(destination: Destination, plan: RetentionPlan, inventory: Invento
     if plan.refused:
         raise DbopsError(f"prune refused: {plan.refused}")
     present = {obj.name for obj in destination.list()}
+    copies = records_by_backup(present)
     by_id = {m.backup_id: m for m in inventory.manifests}
     result = PruneResult()
     for item in plan.delete:
         try:
-            for name in backup_object_names(by_id[item.backup_id], present):
+            for name in backup_object_names(by_id[item.backup_id], copies):
                 if name in present:
                     _delete(destination, name)
                     result.deleted_objects.append(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from tasks.copies.records import records_by_backup
 from tasks.retention.inventory import Inventory, backup_object_names
 from tasks.retention.plan import RetentionPlan
 from tasks.storage.destinations import Destination
@@ -24,9 +25,10 @@ def hold_locked(destination: Destination, plan: RetentionPlan, inventory: Invent
         return 0
     by_id = {m.backup_id: m for m in inventory.manifests}
     present = {obj.name for obj in destination.list()}
+    copies = records_by_backup(present)
     held = 0
     for item in plan.delete:
-        names = [n for n in backup_object_names(by_id[item.backup_id], present) if n in present]
+        names = [n for n in backup_object_names(by_id[item.backup_id], copies) if n in present]
         dates = [d for d in (destination.locked_until(n) for n in names) if d is not None]
         if not dates:
             continue
