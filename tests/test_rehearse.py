@@ -33,6 +33,8 @@ MIGRATIONS = {
     "0003_index.sql": 'CREATE INDEX message_user ON "Message" (user_id);\n',
     "0004_created.sql": 'ALTER TABLE "User" ADD COLUMN created timestamptz NOT NULL '
     "DEFAULT clock_timestamp();\n",
+    "0005_concurrent.sql": "-- dbops:no-transaction\n"
+    'CREATE INDEX CONCURRENTLY IF NOT EXISTS message_body ON "Message" (body);\n',
 }
 
 
@@ -114,6 +116,11 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert [(e.lock, e.rewritten) for e in created.effects] == [("ACCESS EXCLUSIVE", True)]
     assert "adding-field-with-default" in [f.rule for f in created.lint]
     assert any("backfill it in batches" in advice for advice in created.advice)
+    # Outside a transaction: watched by the sampling session; SHARE UPDATE EXCLUSIVE at most.
+    concurrent = statement(report, "0005_concurrent")
+    assert concurrent.observed == "sampled" and concurrent.samples is not None
+    assert concurrent.lint == [] and concurrent.rating == "green"
+    assert all(e.lock in (None, "SHARE UPDATE EXCLUSIVE") for e in concurrent.effects)
     assert report.rating == "amber" and not report.refusals
     assert report.expected_seconds == pytest.approx(sum(m.seconds for m in report.migrations))
     assert [c.ok for c in report.checks] == [True, True]
@@ -133,6 +140,7 @@ def test_rehearsal_reports_locks_rewrites_and_lint_and_leaves_production_as_it_w
     assert red.rating == "red" and red.scratch_dropped
     assert any('held ACCESS EXCLUSIVE on public."Message"' in r for r in red.refusals)
     assert any("0003_index statement 1" in r and "SHARE" in r for r in red.refusals)
+    assert not any("0005_concurrent" in r for r in red.refusals)  # writes go on during it
     assert snapshot(url) == before and rehearsal_copies(pg) == []
 
 
