@@ -4,11 +4,13 @@ database and swap, exactly; a damaged object or a killed backup never passes for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +22,7 @@ from tasks.backup.manifest import MANIFEST_SUFFIX, Manifest, list_manifests
 from tasks.backup.parallel import run_parallel_backup
 from tasks.backup.pipeline import BackupRequest
 from tasks.backup.row_counts import table_row_counts
-from tasks.core.errors import BackupFaultError
+from tasks.core.errors import BackupFaultError, DbopsError
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
 from tasks.restore.readback import read_back_dump
@@ -221,3 +223,44 @@ def test_parallel_backup_of_postgresql_15_with_its_own_pg_dump(pg15, tmp_path):
     utf8 = pg15.url(f"{latin}_utf8", password="")  # created by the restore, in UTF8
     run_restore(resolve_source(latin_backup.backup_id, where.url), ConnInfo.parse(utf8))
     assert scalar(utf8, "SELECT w || current_setting('server_encoding') FROM word") == "café ñUTF8"
+
+
+WAITING = """SELECT count(*) FROM pg_locks
+               WHERE relation = 'small'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted"""
+
+
+def test_ddl_during_a_parallel_backup_fails_it_and_leaves_nothing(pg, tmp_path):
+    """An ALTER TABLE queued behind the snapshot's lock: the worker's NOWAIT lock fails, every
+    object already stored is deleted, claim included, and no manifest is written."""
+    url = new_database(pg, "ddl")
+    psql(
+        url, "-q", "-c",
+        "CREATE TABLE big AS SELECT i, repeat('z', 200) AS b FROM generate_series(1, 30000) i;"
+        "CREATE TABLE small (i integer); INSERT INTO small VALUES (1)",
+    )  # fmt: skip
+    destination = Destination.from_url(str(tmp_path))
+    queued = threading.Event()
+    locker = ConnInfo.parse(url).connect(autocommit=False)
+
+    def alter_small() -> None:
+        with contextlib.suppress(Exception):  # a backup that waited would fail this test
+            locker.execute("SET lock_timeout = '30s'")  # after 30 s, not hang it
+            locker.execute("ALTER TABLE small ADD COLUMN j integer")  # waits for the backup
+
+    def progress(raw: int) -> None:  # the large table is being copied, `small` comes next
+        if not queued.is_set():
+            queued.set()
+            threading.Thread(target=alter_small, daemon=True).start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not scalar(url, WAITING):
+                time.sleep(0.05)
+
+    try:
+        request = BackupRequest(ConnInfo.parse(url), destination, "parallel", jobs=1)
+        with pytest.raises(DbopsError, match="locked exclusively"):
+            run_parallel_backup(request, progress)
+    finally:
+        locker.rollback()
+        locker.close()
+    assert queued.is_set()
+    assert object_names(destination) == set()  # stored objects and the claim deleted
