@@ -225,13 +225,14 @@ def test_parallel_backup_of_postgresql_15_with_its_own_pg_dump(pg15, tmp_path):
     assert scalar(utf8, "SELECT w || current_setting('server_encoding') FROM word") == "café ñUTF8"
 
 
-WAITING = """SELECT count(*) FROM pg_locks
-               WHERE relation = 'small'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted"""
+HELD = """SELECT count(*) FROM pg_locks
+            WHERE relation = 'small'::regclass AND mode = 'AccessExclusiveLock'"""
 
 
 def test_ddl_during_a_parallel_backup_fails_it_and_leaves_nothing(pg, tmp_path):
-    """An ALTER TABLE queued behind the snapshot's lock: the worker's NOWAIT lock fails, every
-    object already stored is deleted, claim included, and no manifest is written."""
+    """An ALTER TABLE not yet committed when a worker reaches its table: the worker's NOWAIT
+    lock fails, every object already stored is deleted, claim included, and no manifest is
+    written."""
     url = new_database(pg, "ddl")
     psql(
         url, "-q", "-c",
@@ -245,14 +246,14 @@ def test_ddl_during_a_parallel_backup_fails_it_and_leaves_nothing(pg, tmp_path):
     def alter_small() -> None:
         with contextlib.suppress(Exception):  # a backup that waited would fail this test
             locker.execute("SET lock_timeout = '30s'")  # after 30 s, not hang it
-            locker.execute("ALTER TABLE small ADD COLUMN j integer")  # waits for the backup
+            locker.execute("ALTER TABLE small ADD COLUMN j integer")  # held, uncommitted
 
     def progress(raw: int) -> None:  # the large table is being copied, `small` comes next
         if not queued.is_set():
             queued.set()
             threading.Thread(target=alter_small, daemon=True).start()
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not scalar(url, WAITING):
+            while time.monotonic() < deadline and not scalar(url, HELD):
                 time.sleep(0.05)
 
     try:
@@ -264,3 +265,32 @@ def test_ddl_during_a_parallel_backup_fails_it_and_leaves_nothing(pg, tmp_path):
         locker.close()
     assert queued.is_set()
     assert object_names(destination) == set()  # stored objects and the claim deleted
+
+
+@pytest.mark.parametrize(
+    "ddl", ["TRUNCATE small", "DROP TABLE small", "ALTER TABLE small ALTER COLUMN i TYPE bigint"]
+)
+def test_a_table_dropped_or_rewritten_during_a_parallel_backup_fails_it(pg, tmp_path, ddl):
+    """No connection holds every table's lock (the lock table would need twice a plain
+    backup's slots): DDL committed after the snapshot but before a worker reaches its table
+    is caught there (a gone name, a new relfilenode), never stored as an empty or wrong table."""
+    url = new_database(pg, "dropped")
+    psql(
+        url, "-q", "-c",
+        "CREATE TABLE big AS SELECT i, repeat('z', 200) AS b FROM generate_series(1, 30000) i;"
+        "CREATE TABLE small (i integer); INSERT INTO small VALUES (1)",
+    )  # fmt: skip
+    destination = Destination.from_url(str(tmp_path))
+    done: list[str] = []
+
+    def progress(raw: int) -> None:  # `big` is being copied, `small` comes next
+        if not done:
+            with ConnInfo.parse(url).connect() as conn:  # autocommit: committed before `small`
+                conn.execute(ddl)
+            done.append(ddl)
+
+    request = BackupRequest(ConnInfo.parse(url), destination, "parallel", jobs=1)
+    with pytest.raises(DbopsError, match="dropped or changed during the backup"):
+        run_parallel_backup(request, progress)
+    assert done
+    assert object_names(destination) == set()

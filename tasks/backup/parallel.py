@@ -48,11 +48,10 @@ from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
 
 COMPRESSED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-LOCK_BATCH = 1000  # tables named per LOCK TABLE statement
 PSQL_BYTES = 8 * 1024 * 1024  # larger parts, and chunks, are read by psql (_through_psql)
 
 PLAN_QUERY = f"""
-    SELECT t.nspname, t.relname,
+    SELECT t.nspname, t.relname, c.oid::int8, c.relfilenode::int8,
            pg_relation_size(c.oid) AS bytes,
            current_setting('block_size')::int AS block,
            array(SELECT a.attname::text FROM pg_attribute a
@@ -78,6 +77,8 @@ class TablePart:
     table: str
     columns: list[str]
     size: int  # bytes on disk of what this part reads (for ordering, largest first)
+    oid: int = 0  # the table's, and its relfilenode, as the snapshot saw them
+    filenode: int = 0
     pages: tuple[int | None, int | None] = (None, None)  # [from, to) pages; None: open end
 
     @property
@@ -90,6 +91,28 @@ class TablePart:
     @property
     def target(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.table)
+
+    def lock(self) -> list[sql.Composed]:
+        """The table's lock, taken NOWAIT in the worker's snapshot transaction, then a check
+        that nothing replaced its rows since the snapshot: the lock resolves the name and the
+        catalog as now, the `pg_class` read is the snapshot's. A dropped or renamed table fails
+        the LOCK; a TRUNCATE, VACUUM FULL, CLUSTER or rewriting ALTER (rows the snapshot can no
+        longer see) a changed relfilenode; a dropped or renamed column the COPY's column list."""
+        check = sql.SQL(
+            "DO $dbops$BEGIN IF {name}::regclass::oid <> {oid} OR pg_relation_filenode({oid}) "
+            "IS DISTINCT FROM (SELECT relfilenode FROM pg_class WHERE oid = {oid}) THEN "
+            "RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = "
+            "{message}; END IF; END$dbops$"
+        ).format(
+            name=sql.Literal(self.target.as_string()),
+            oid=sql.Literal(self.oid),
+            message=sql.Literal(
+                f"table {self.schema}.{self.table} was dropped, truncated or rewritten "
+                "after the backup's snapshot"
+            ),
+        )
+        nowait = sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(self.target)
+        return [nowait, check]
 
     def query(self) -> sql.Composed:
         target = self.target
@@ -113,12 +136,15 @@ def plan_parts(
     The last range has no end, so rows on pages added since the size was read are kept."""
     suffix = ".copy" + COMPRESSED_SUFFIX[compression] + after
     parts: list[TablePart] = []
-    for index, (schema, table, size, block, columns) in enumerate(conn.execute(PLAN_QUERY), 1):
+    for index, row in enumerate(conn.execute(PLAN_QUERY), 1):
+        schema, table, oid, filenode, size, block, columns = row
         pages = int(size) // int(block)
         count = min(-(-int(size) // chunk_bytes), pages) if columns else 1
         if count <= 1:
             parts.append(
-                TablePart(f"{backup_id}.t{index:05d}{suffix}", schema, table, columns, size)
+                TablePart(
+                    f"{backup_id}.t{index:05d}{suffix}", schema, table, columns, size, oid, filenode
+                )
             )
             continue
         bounds = [pages * i // count for i in range(count)] + [None]
@@ -131,6 +157,8 @@ def plan_parts(
                     table,
                     columns,
                     size // count,
+                    oid,
+                    filenode,
                     (start if i else None, end),
                 )
             )
@@ -140,18 +168,6 @@ def plan_parts(
 def usable_jobs(conn: psycopg.Connection, jobs: int) -> int:
     """At most half the connection slots left (each worker may run a pg_dump beside it)."""
     return max(1, min(jobs, free_connection_slots(conn) // 2))
-
-
-def lock_tables(conn: psycopg.Connection, parts: list[TablePart]) -> None:
-    """ACCESS SHARE on every table in the snapshot's transaction, as pg_dump takes: no
-    TRUNCATE or DROP can slip in between the snapshot and a worker's COPY."""
-    tables = sorted({(p.schema, p.table) for p in parts})
-    for start in range(0, len(tables), LOCK_BATCH):
-        names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables[start : start + LOCK_BATCH])
-        try:
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
-        except psycopg.errors.OutOfMemory:
-            raise LockTableFullError("lock table full") from None
 
 
 @dataclass
@@ -223,11 +239,13 @@ class _Copier:
             return
         conn = self.connection()
         # One transaction per part in the imported snapshot: a worker holds one table's lock
-        # at a time (the snapshot's own connection holds them all).
+        # at a time, and the snapshot's own connection none (pg_dump's schema run holds them
+        # all while it runs), so the lock table needs what a plain backup needs plus N.
         with conn.transaction(), conn.cursor() as cursor:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target))
+            for statement in part.lock():
+                conn.execute(statement)
             with cursor.copy(part.query()) as copy:
                 yield self._batches(copy, rows)
             if cursor.rowcount != rows[0]:
@@ -248,7 +266,7 @@ class _Copier:
             "SET idle_in_transaction_session_timeout = 0",
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)).as_string(),
-            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target).as_string(),
+            *(statement.as_string() for statement in part.lock()),
             part.query().as_string(),
         ]
         argv = [self.psql, "--no-psqlrc", "--quiet", "--no-password", "--set", "ON_ERROR_STOP=1"]
@@ -273,6 +291,8 @@ class _Copier:
                 line = tail.last(self.info.password, ("ERROR:", "FATAL:", "error:"))
                 if "could not obtain lock" in line:
                     raise psycopg.errors.LockNotAvailable(line)
+                if "does not exist" in line or "after the backup's snapshot" in line:
+                    raise psycopg.errors.ObjectNotInPrerequisiteState(line)
                 raise DbopsError(
                     f"psql failed copying {part.schema}.{part.table} ({line or 'no message'}); "
                     "no backup was stored"
@@ -382,11 +402,6 @@ def run_parallel_backup(
             encoding,
         )
         try:
-            try:
-                lock_tables(snapshot_conn, parts)
-            except LockTableFullError:
-                snapshot_conn.execute("ROLLBACK")
-                raise lock_table_advice(snapshot_conn) from None
             globals_info = None
             if request.include_globals:
                 globals_info = dump_globals(request, major, backup_id, written)
@@ -452,6 +467,8 @@ def run_parallel_backup(
                     copier.failed.set()
                     for job in table_jobs:
                         job.cancel()
+                    if isinstance(failure, LockTableFullError):  # pg_dump's: say what to raise
+                        raise lock_table_advice(snapshot_conn, jobs) from None
                     raise _explain(failure) from None
                 schema_stats, rest_stats = schema_job.result()
                 objects = [job.result() for job in table_jobs]
@@ -519,10 +536,18 @@ def run_parallel_backup(
                 snapshot_conn.execute("ROLLBACK")
 
 
+CHANGED = psycopg.errors.UndefinedTable | psycopg.errors.ObjectNotInPrerequisiteState
+
+
 def _explain(failure: BaseException) -> BaseException:
     if isinstance(failure, psycopg.errors.LockNotAvailable):
         return DbopsError(
             f"a table was locked exclusively during the backup ({first_line(failure)}); "
+            "no backup was stored, run it again when no DDL is running"
+        )
+    if isinstance(failure, CHANGED):
+        return DbopsError(
+            f"a table was dropped or changed during the backup ({first_line(failure)}); "
             "no backup was stored, run it again when no DDL is running"
         )
     if isinstance(failure, psycopg.Error):
