@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from flows.backup import backup_database
+from flows.verify import verify_backup
 from tasks.backup.encryption import can_open, fingerprint, load_identity, parse_recipients
 from tasks.backup.manifest import list_manifests
 from tasks.core.errors import ConfigError
@@ -334,6 +335,19 @@ def test_encrypted_pre_migration_backup_needs_its_key_first_and_a_failed_check_r
         ["age", "-d", "-i", str(tmp_path / "key.txt")], input=body, capture_output=True, check=True
     ).stdout
     assert b"PostgreSQL database dump complete" in gzip.decompress(opened)
+
+    # The key from DBOPS_AGE_IDENTITY: verify the encrypted backup, then a migration that must
+    # pass its rehearsal first (restored from that backup) backs up encrypted and applies.
+    monkeypatch.setenv("DBOPS_AGE_IDENTITY", str(tmp_path / "key.txt"))
+    record = verify_backup(source=manifest.backup_id, database_url=app_db, backup_url=url)
+    assert record.ok
+    state = migrate(
+        database_url=app_db, backup_url=url, migrations=str(root), require_rehearsal=True
+    )
+    assert state.is_completed(), state.message
+    assert [r.id for r in history(app_db)] == ["0001_email"]
+    second = state.result().backup
+    assert second.backup_id != manifest.backup_id and second.url.endswith(".sql.gz.age")
 
     records = records_text(flow_run_ids() - runs)
     assert "will be encrypted with age to" in records  # the records were read
