@@ -20,6 +20,7 @@ COMPRESSED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 PLAN_QUERY = f"""
     SELECT t.nspname, t.relname, c.oid::int8, c.relfilenode::int8,
            pg_relation_size(c.oid) AS bytes,
+           pg_table_size(c.oid) AS total,
            current_setting('block_size')::int AS block,
            array(SELECT a.attname::text FROM pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -116,14 +117,14 @@ def plan_parts(
     parts: list[TablePart | Batch] = []
     batch: Batch | None = None
     for index, row in enumerate(conn.execute(PLAN_QUERY), 1):
-        schema, table, oid, filenode, size, block, columns = row
+        schema, table, oid, filenode, size, total, block, columns = row
         pages = int(size) // int(block)
         count = min(-(-int(size) // chunk_bytes), pages) if columns else 1
-        if int(size) < small:
-            if batch is None or batch.size + int(size) > small:
+        if int(total) < small:  # TOAST counted: a batched table is buffered whole
+            if batch is None or batch.size + int(total) > small:
                 batch = Batch(f"{backup_id}.b{len(parts) + 1:05d}{batch_suffix}", [])
                 parts.append(batch)
-            batch.tables.append(TablePart("", schema, table, columns, size, oid, filenode))
+            batch.tables.append(TablePart("", schema, table, columns, total, oid, filenode))
             continue
         if count <= 1:
             parts.append(
