@@ -4,8 +4,9 @@ its data, not its table count.
 A table whose data is under `batch_bytes(chunk)` on disk, TOAST included (8 MiB, or
 `--chunk-mb` when smaller), goes into a batch object with its neighbours, in name order, until
 the batch holds that much; a batch is one compressed, SHA-256 hashed object,
-`<id>.b00007.batch.sql.gz`. Decompressed, it is a psql script (stock tools restore it with `gunzip -c | psql`), and each table's section
-starts with a header line that lets the loader split it exactly, without parsing COPY text:
+`<id>.b00007.batch.sql.gz`. Decompressed, it is a psql script (stock tools restore it with
+`gunzip -c | psql`), and each table's section starts with a header line that lets the loader
+split it exactly, without parsing COPY text:
 
     SET client_encoding = 'UTF8';
     -- dbops section {"relation": ["public", "t"], "rows": 50, "bytes": 2041}
