@@ -190,6 +190,8 @@ class _Copier:
                 line = tail.last(self.info.password, ("ERROR:", "FATAL:", "error:"))
                 if "could not obtain lock" in line:
                     raise psycopg.errors.LockNotAvailable(line)
+                if "max_locks_per_transaction" in line:
+                    raise LockTableFullError(line)
                 if "does not exist" in line or "after the backup's snapshot" in line:
                     raise psycopg.errors.ObjectNotInPrerequisiteState(line)
                 raise DbopsError(
@@ -404,7 +406,7 @@ def run_parallel_backup(
                     copier.failed.set()
                     for job in table_jobs:
                         job.cancel()
-                    if isinstance(failure, LockTableFullError):  # pg_dump's: say what to raise
+                    if _lock_table_full(failure):
                         raise lock_table_advice(snapshot_conn, jobs) from None
                     raise _explain(failure) from None
                 schema_stats, rest_stats = schema_job.result()
@@ -474,6 +476,14 @@ def run_parallel_backup(
             copier.close()
             if not snapshot_conn.closed:
                 snapshot_conn.execute("ROLLBACK")
+
+
+def _lock_table_full(failure: BaseException) -> bool:
+    """pg_dump's, psql's or a worker's own lock failing for want of lock-table room."""
+    if isinstance(failure, LockTableFullError):
+        return True
+    full = isinstance(failure, psycopg.errors.OutOfMemory)
+    return full and "shared memory" in first_line(failure)
 
 
 CHANGED = psycopg.errors.UndefinedTable | psycopg.errors.ObjectNotInPrerequisiteState
