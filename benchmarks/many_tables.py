@@ -5,7 +5,7 @@ at timestamptz`, 50 rows, one extra index) under default server settings
 (max_locks_per_transaction 64) is backed up and restored by both sides, from moto's S3 server:
 
   guide backup    pg_dump | gzip | aws s3 cp -
-  dbops backup    dbops backup (plain and custom)
+  dbops backup    dbops backup (plain, custom, and parallel with 4 jobs: its object count)
   guide restore   aws s3 cp - | gunzip | psql   (into a new empty database)
   dbops restore   dbops restore ID              (into a new empty database)
   dbops verify    dbops verify ID
@@ -63,6 +63,8 @@ OTHER_COMMANDS = {
     ],
 }
 
+FORMATS = ("plain", "custom", "parallel")
+JOBS = 4  # parallel backup and restore workers
 ONE_OFF = {*OTHER_COMMANDS, "restore --clean", "migrate, rolled back"}  # run once per N
 
 
@@ -134,16 +136,21 @@ def measure(
             '"s3://$BUCKET/$KEY"', {**s3, "PG_DUMP": pg_dump, "KEY": key},
             logs / f"guide-backup-{n}-{round_}.log", "guide backup", n,
         ))  # fmt: skip
-        for fmt in ("plain", "custom"):
+        for fmt in FORMATS:
+            argv = ["backup", "--to", f"s3://{BUCKET}/{PREFIX}", "--format", fmt, "--json"]
             measured, out = dbops(
-                bench, ["backup", "--to", f"s3://{BUCKET}/{PREFIX}", "--format", fmt, "--json"],
+                bench, argv + (["--jobs", str(JOBS)] if fmt == "parallel" else []),
                 source, logs / f"backup-{fmt}-{n}-{round_}.log", f"dbops backup ({fmt})", n,
             )  # fmt: skip
+            manifest = json.loads(out)
+            if fmt == "parallel":
+                measured.note = f"{stored_objects(manifest):,} objects"
             results.append(measured)
-            backup_ids[fmt] = json.loads(out)["backup_id"]
+            backup_ids[fmt] = manifest["backup_id"]
         if backup_only:
             log(f"{n} tables, round {round_}: " + ", ".join(
-                f"{r.step} {r.wall:.1f} s" for r in results[-3:]))  # fmt: skip
+                f"{r.step} {r.wall:.1f} s{' (' + r.note + ')' if r.note else ''}"
+                for r in results[-4:]))  # fmt: skip
             continue
         target = fresh_target(bench, f"{name}_guide")
         results.append(shell(
@@ -154,8 +161,9 @@ def measure(
         ))  # fmt: skip
         for fmt, backup_id in backup_ids.items():
             target = fresh_target(bench, f"{name}_{fmt}")
+            jobs = ["--jobs", str(JOBS)] if fmt == "parallel" else []
             measured, _ = dbops(
-                bench, ["restore", backup_id, "--from", f"s3://{BUCKET}/{PREFIX}"], target,
+                bench, ["restore", backup_id, "--from", f"s3://{BUCKET}/{PREFIX}", *jobs], target,
                 logs / f"restore-{fmt}-{n}-{round_}.log", f"dbops restore ({fmt})", n,
             )  # fmt: skip
             results.append(measured)
@@ -166,7 +174,7 @@ def measure(
         results.append(measured)
         log(
             f"{n} tables, round {round_}: "
-            + ", ".join(f"{r.step} {r.wall:.1f} s" for r in results[-7:])
+            + ", ".join(f"{r.step} {r.wall:.1f} s" for r in results[-9:])
         )
     for step, argv in ({} if backup_only else OTHER_COMMANDS).items():
         measured, _ = dbops(bench, argv, source, logs / f"{step}-{n}.log", step, n, must=False)
@@ -175,10 +183,15 @@ def measure(
             f"in {measured.wall:.1f} s")  # fmt: skip
     if not backup_only:
         results += rollbacks(bench, n, source, backup_ids["plain"], logs)
-    for suffix in ("", "_guide", "_plain", "_custom"):
+    for suffix in ("", "_guide", *(f"_{fmt}" for fmt in FORMATS)):
         with ConnInfo.parse(bench.cluster.url("postgres", password="")).connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}{suffix}" WITH (FORCE)')
     return results
+
+
+def stored_objects(manifest: dict) -> int:
+    """Objects a backup stored: its data objects, the dump (schema archive), globals, manifest."""
+    return len(manifest.get("objects") or []) + 1 + bool(manifest.get("globals")) + 1
 
 
 def has_column(url: str, table: str, column: str) -> bool:
@@ -236,12 +249,15 @@ def report(results: list[Measured], repeat: int, meta: dict) -> None:
                 f"{median([r.wall for r in mine]):.1f} s / {median([r.tree_peak_mb for r in mine]):.0f} MB"
             )
         print(f"| {n:,} | " + " | ".join(cells) + " |")
+    for r in results:
+        if r.step == "dbops backup (parallel)":
+            print(f"- {r.tables:,} tables: parallel backup stored {r.note}")
     print("\nTargets (issue 16):")
     for n in sizes:
         wall = {
             s: median([r.wall for r in results if r.tables == n and r.step == s]) for s in steps
         }
-        for fmt in ("plain", "custom"):
+        for fmt in FORMATS:
             limit = 1.5 * wall["guide backup"] + 5
             got = wall[f"dbops backup ({fmt})"]
             print(

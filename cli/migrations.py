@@ -10,6 +10,7 @@ import typer
 from cli.app import (
     BackupUrl,
     DatabaseUrl,
+    IdentityOption,
     JsonFlag,
     app,
     emit,
@@ -130,6 +131,15 @@ def migrate(
             "--backup", help="rehearsal: the backup to restore (default: newest verified)"
         ),
     ] = "latest",
+    encrypt_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="encrypt the pre-migration backup with age to this public key or file of keys "
+            "(repeatable; needs --identity); default $DBOPS_AGE_RECIPIENTS",
+            show_default=False,
+        ),
+    ] = None,
+    identity: IdentityOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up, migrate, verify; restore the backup if something applied fails (with
@@ -167,6 +177,7 @@ def migrate(
             builtin_checks=builtin_checks,
             lock_timeout_seconds=lock_timeout,
             statement_timeout_seconds=statement_timeout,
+            identity=identity,
         )
         return
     result = run_flow(
@@ -189,6 +200,8 @@ def migrate(
         application=restore_hooks(stop_app, start_app, stop_app_at, app_timeout),
         require_rehearsal=require_rehearsal,
         max_lock_seconds=max_lock_seconds,
+        encrypt_to=encrypt_to or None,
+        identity=identity,
     )
     plan = result.plan
     if result.status == MigrationStatus.REPAIRED:

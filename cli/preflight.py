@@ -96,7 +96,7 @@ def check_encryption(command: str, options: dict[str, Any]) -> None:
     a key. The key itself is read here only to check it, never printed."""
     from tasks.backup.encryption import load_identity, parse_recipients, recipients_from_env
 
-    if command == "backup":
+    if command in ("backup", "migrate"):
         given = options.get("encrypt_to")
         if given:
             parse_recipients(given)
@@ -106,6 +106,19 @@ def check_encryption(command: str, options: dict[str, Any]) -> None:
     identity = options.get("identity")
     if identity and not identity.startswith(SECRET_PREFIX):
         load_identity(identity)
+    if command == "migrate" and not any(options.get(o) for o in ("dry_run", "repair", "rehearse")):
+        check_rollback_key(options.get("encrypt_to"), identity)
+
+
+def check_rollback_key(encrypt_to: list[str] | None, identity: str | None) -> None:
+    """A migration whose pre-migration backup is encrypted needs the identity that opens it
+    (its rollback decrypts it); a Secret block is only read by the flow."""
+    from tasks.migrations.rollback_key import pre_migration_encryption
+
+    identity = identity or os.environ.get("DBOPS_AGE_IDENTITY")
+    if identity and identity.startswith(SECRET_PREFIX):
+        return  # the flow's first task reads the block and checks it
+    pre_migration_encryption(encrypt_to, identity, os.environ.get("DBOPS_AGE_RECIPIENTS"), None)
 
 
 def check(command: str, options: dict[str, Any]) -> None:

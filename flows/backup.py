@@ -15,6 +15,7 @@ from tasks.backup.tasks import dump_database
 from tasks.copies.tasks import check_targets, copy_to_destination
 from tasks.core.errors import DbopsError, ParameterError
 from tasks.core.parameters import (
+    AgeRecipientList,
     ChunkMb,
     DatabaseUrl,
     Jobs,
@@ -59,13 +60,7 @@ def backup_database(
     object_lock: ObjectLock = None,
     object_lock_days: ObjectLockDays = None,
     ping_url: PingUrl = None,
-    encrypt_to: Annotated[
-        list[str] | None,
-        Field(
-            description="age public keys (age1..., ssh-ed25519, ssh-rsa) or files of them to "
-            "encrypt to; default DBOPS_AGE_RECIPIENTS, else unencrypted"
-        ),
-    ] = None,
+    encrypt_to: AgeRecipientList = None,
     jobs: Jobs = 2,
     chunk_mb: ChunkMb = 128,
 ) -> Manifest:

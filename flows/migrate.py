@@ -7,6 +7,10 @@ that answers with its final state: Completed only when the migration is applied
 and verified; Failed otherwise, Cancelled when cancelled, with a message saying
 what was applied, whether the database was restored, and the backup.
 
+With recipients (`encrypt_to`, DBOPS_AGE_RECIPIENTS) the pre-migration backup is encrypted
+like every other backup, and the run first checks that its `identity` (DBOPS_AGE_IDENTITY)
+opens it: a rollback must decrypt it, so without such a key nothing is backed up or migrated.
+
 With `require_rehearsal`, the migrations are first rehearsed on a copy restored from the
 newest verified backup (flows/rehearse.py); a failed or red rehearsal refuses the run before
 anything of production is locked, backed up or changed.
@@ -31,9 +35,17 @@ from pydantic import Field
 from flows.rehearse import rehearse_migration
 from tasks.application.commands import AppHooksParameter, ApplicationHooks
 from tasks.application.hooks import APPLICATION_HOOKS, merged
+from tasks.backup.encryption import parse_recipients
 from tasks.core.errors import DbopsError, ParameterError, first_line
-from tasks.core.parameters import DatabaseUrl, MaxLockSeconds, SlotWait, documented
-from tasks.core.settings import reject_inline_password
+from tasks.core.parameters import (
+    AgeIdentityFile,
+    AgeRecipientList,
+    DatabaseUrl,
+    MaxLockSeconds,
+    SlotWait,
+    documented,
+)
+from tasks.core.settings import reject_inline_key, reject_inline_password
 from tasks.migrations.checks import read_checks_file
 from tasks.migrations.ending import Ending, decide, ending_message, seen_progress
 from tasks.migrations.lock import exclusive_migration
@@ -42,6 +54,7 @@ from tasks.migrations.report import publish_plan, publish_report
 from tasks.migrations.runner import RunOptions
 from tasks.migrations.tasks import (
     apply_one,
+    check_rollback_key,
     migration_command,
     plan_migrations,
     pre_migration_backup,
@@ -170,10 +183,14 @@ def migrate_database(
         ),
     ] = False,
     max_lock_seconds: MaxLockSeconds = 5,
+    encrypt_to: AgeRecipientList = None,
+    identity: AgeIdentityFile = None,
 ) -> MigrationSummary | State:
     """Back up, migrate, verify; restore the backup if something applied fails. Completed only
     when the migration is applied and verified."""
     reject_inline_password(database_url, "database_url")
+    reject_inline_key(identity)
+    parse_recipients(encrypt_to or [])  # a malformed key is refused before anything is done
     if application is not None:
         application.check_restore()  # stopped and started around a rollback's swap only
     if repair and (command is not None or dry_run):
@@ -202,6 +219,8 @@ def migrate_database(
         plan, _ = plan_migrations(database_url, migrations, command, target_version)
         publish_plan(plan)
         return MigrationSummary.of(plan, MigrationStatus.PLANNED)
+    if not repair:  # the rollback must be able to decrypt the backup: proven before anything
+        check_rollback_key(encrypt_to, identity)
 
     if require_rehearsal and not repair:
         rehearsal = rehearse_migration(
@@ -218,6 +237,7 @@ def migrate_database(
             statement_timeout_seconds=statement_timeout_seconds,
             command_timeout_seconds=command_timeout_seconds,
             s3=s3,
+            identity=identity,
             return_state=True,
         )
         if not rehearsal.is_completed():
@@ -266,7 +286,13 @@ def migrate_database(
 
             try:
                 summary.backup = pre_migration_backup(
-                    database_url, backup_url, s3, compression, plan.target_version
+                    database_url,
+                    backup_url,
+                    s3,
+                    compression,
+                    plan.target_version,
+                    encrypt_to,
+                    identity,
                 )
                 if plan.mode == "directory":
                     summary.applied = []  # filled one by one: a failure reports what got through
@@ -279,12 +305,12 @@ def migrate_database(
                     )
                 summary.checks = verify_schema(*verify_args)
             except Exception as exc:
-                end = _settle(summary, exc, database_url, backup_url, s3, application)
+                end = _settle(summary, exc, database_url, backup_url, s3, application, identity)
                 raise DbopsError(ending_message(end)) from None
     except Interrupted as signal:
         if summary is None:
             raise  # nothing was touched yet: Prefect's own cancelled/crashed state says so
-        end = _settle(summary, signal, database_url, backup_url, s3, application)
+        end = _settle(summary, signal, database_url, backup_url, s3, application, identity)
         return Cancelled(message=ending_message(end))
     summary.seconds = round(time.perf_counter() - started, 3)
     publish_report(summary)
@@ -308,6 +334,7 @@ def _settle(
     backup_url: str | None,
     s3: S3Options | None,
     application: ApplicationHooks | None = None,
+    identity: str | None = None,
 ) -> Ending:
     """Decide from what this run committed whether to restore the backup; restore if so;
     record the outcome in the summary and its report."""
@@ -322,7 +349,7 @@ def _settle(
     state, error, app_error = decision.state, None, None
     if decision.restore and summary.backup is not None:
         outcome = restore_pre_migration_backup(
-            database_url, backup_url, s3, summary.backup, application
+            database_url, backup_url, s3, summary.backup, application, identity
         )
         if not outcome.restored:
             state, error = DatabaseState.ROLLBACK_FAILED, outcome.error

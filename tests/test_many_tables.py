@@ -81,3 +81,14 @@ def test_a_full_lock_table_names_the_setting_to_raise_and_stores_nothing(
         advised = int(message.split("set max_locks_per_transaction = ")[1].split()[0])
         assert advised * 20 >= 2000 and "no backup was stored" in message
         assert not backups.exists() or not any(backups.iterdir())
+
+        # The parallel format: pg_dump's schema run is what fills it (the snapshot's own
+        # connection holds no locks), the advice counts the workers, nothing is left.
+        state = backup_database(
+            database_url=url, backup_url=str(backups), format="parallel", return_state=True
+        )
+        assert state.is_failed()
+        message = str(state.message)
+        assert "set max_locks_per_transaction = " in message, message
+        assert "parallel workers" in message and "no backup was stored" in message, message
+        assert not backups.exists() or not any(backups.iterdir())

@@ -4,7 +4,9 @@ run. Real PostgreSQL sessions block it, write beside it and hold its slot."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +16,19 @@ import psycopg
 import pytest
 
 from flows.backup import backup_database
+from flows.verify import verify_backup
+from tasks.backup.encryption import can_open, fingerprint, load_identity, parse_recipients
+from tasks.backup.manifest import list_manifests
+from tasks.core.errors import ConfigError
 from tasks.core.postgres import ConnInfo
 from tasks.core.slots import database_slot
 from tasks.migrations.files import discover_migrations
+from tasks.migrations.rollback_key import rollback_identity
 from tasks.migrations.runner import RunOptions, apply_migration
+from tasks.storage.destinations import Destination
+from tests.conftest import run_cli
+from tests.prefect_records import flow_run_ids, records_text
+from tests.test_encryption import AGE_MAGIC, keypair
 from tests.test_migrate import (
     BASE_SCHEMA,
     GOOD,
@@ -253,3 +264,114 @@ def test_backup_waits_while_a_migration_runs(prefect, app_db, tmp_path):
     assert not (tmp_path / "nightly").exists() or list((tmp_path / "nightly").iterdir()) == []
     assert result["state"].is_completed(), result["state"].message
     assert len(backups(where)) == 1
+
+
+def test_encrypted_pre_migration_backup_needs_its_key_first_and_a_failed_check_rolls_back(
+    prefect, app_db, bucket, s3_client, tmp_path, monkeypatch
+):
+    """With DBOPS_AGE_RECIPIENTS set for every backup, the pre-migration backup is encrypted too;
+    a run without an identity that opens it refuses in one line before anything, and a failed
+    check rolls back from the encrypted backup, decrypted in-process with the identity."""
+    public, secret = keypair(tmp_path / "key.txt")
+    keypair(tmp_path / "other.txt")  # an identity of nobody the backup is encrypted to
+    monkeypatch.setenv("DBOPS_AGE_RECIPIENTS", public)
+    monkeypatch.delenv("DBOPS_AGE_IDENTITY", raising=False)
+    root = write_migrations(tmp_path / "m", {"0001_email.sql": GOOD["0001_add_email.sql"]})
+    checks = tmp_path / "checks.sql"
+    checks.write_text('SELECT count(*) = 0 FROM "User";\n')  # false: the check fails
+    url = f"s3://{bucket}/pre"
+    before = snapshot(app_db)
+    runs = flow_run_ids()
+
+    def stored() -> list[str]:
+        return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    refusals = {
+        None: "encrypted to 1 recipient but no identity can open it: give --identity or "
+        "DBOPS_AGE_IDENTITY",
+        str(tmp_path / "other.txt"): "opens none of the 1 recipient the pre-migration backup",
+    }
+    for identity, expected in refusals.items():
+        state = migrate(
+            database_url=app_db,
+            backup_url=url,
+            migrations=str(root),
+            verify_sql=str(checks),
+            identity=identity,
+        )
+        assert state.is_failed() and expected in state.message, state.message
+        assert "\n" not in state.message.strip()
+        assert "nothing was backed up or migrated" in state.message
+    assert stored() == [] and history(app_db) == [] and snapshot(app_db) == before
+
+    # The command line refuses the same before Prefect starts, and an inline key too.
+    env = {"DATABASE_URL": app_db}
+    for extra, expected in (([], "no identity can open it"), (["--identity", secret], "never")):
+        done = run_cli("migrate", "--migrations", str(root), "--to", url, *extra, env=env)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+        assert secret not in done.stderr + done.stdout
+    assert stored() == [] and history(app_db) == []
+
+    state = migrate(
+        database_url=app_db,
+        backup_url=url,
+        migrations=str(root),
+        verify_sql=str(checks),
+        identity=str(tmp_path / "key.txt"),
+    )
+    assert state.is_failed()
+    [manifest] = list_manifests(Destination.from_url(url), None)
+    assert f"restored from pre-migration backup {manifest.backup_id}" in state.message
+    assert "applied and undone: 0001_email" in state.message
+    assert snapshot(app_db) == before and history(app_db) == []
+    assert manifest.dump.name == f"{manifest.backup_id}.sql.gz.age"
+    assert manifest.encryption is not None
+    assert manifest.encryption.recipients == [fingerprint(public)]
+    body = s3_client.get_object(Bucket=bucket, Key=f"pre/{manifest.dump.name}")["Body"].read()
+    assert body.startswith(AGE_MAGIC) and b"CREATE TABLE" not in body
+    opened = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "key.txt")], input=body, capture_output=True, check=True
+    ).stdout
+    assert b"PostgreSQL database dump complete" in gzip.decompress(opened)
+
+    # The key from DBOPS_AGE_IDENTITY: verify the encrypted backup, then a migration that must
+    # pass its rehearsal first (restored from that backup) backs up encrypted and applies.
+    monkeypatch.setenv("DBOPS_AGE_IDENTITY", str(tmp_path / "key.txt"))
+    record = verify_backup(source=manifest.backup_id, database_url=app_db, backup_url=url)
+    assert record.ok
+    state = migrate(
+        database_url=app_db, backup_url=url, migrations=str(root), require_rehearsal=True
+    )
+    assert state.is_completed(), state.message
+    assert [r.id for r in history(app_db)] == ["0001_email"]
+    second = state.result().backup
+    assert second.backup_id != manifest.backup_id and second.url.endswith(".sql.gz.age")
+
+    records = records_text(flow_run_ids() - runs)
+    assert "will be encrypted with age to" in records  # the records were read
+    assert secret not in records and "AGE-SECRET-KEY" not in records
+
+
+def test_an_ssh_identity_is_proven_by_a_round_trip(tmp_path):
+    """An ssh identity's public key cannot be derived: a few bytes are encrypted to the
+    recipients and decrypted with it."""
+    for name in ("ops", "stranger"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)],
+            check=True,
+        )
+    ops_public = (tmp_path / "ops.pub").read_text()
+    age_public, _ = keypair(tmp_path / "age.txt")
+    recipients = parse_recipients([ops_public])
+    assert recipients is not None
+    ops = load_identity(str(tmp_path / "ops"))
+    assert ops.public_fingerprints is None  # not checkable by fingerprint
+    assert can_open(ops, recipients)
+    assert rollback_identity(recipients, str(tmp_path / "ops")) is not None
+    with pytest.raises(ConfigError, match="opens none of the 1 recipient"):
+        rollback_identity(recipients, str(tmp_path / "stranger"))
+    both = parse_recipients([ops_public, age_public])
+    assert both is not None and can_open(load_identity(str(tmp_path / "age.txt")), both)
+    assert rollback_identity(None, None) is None  # not encrypted: no key needed

@@ -4,11 +4,13 @@ database and swap, exactly; a damaged object or a killed backup never passes for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +23,8 @@ from tasks.backup.parallel import run_parallel_backup
 from tasks.backup.pipeline import BackupRequest
 from tasks.backup.row_counts import table_row_counts
 from tasks.copies.records import records_by_backup
-from tasks.core.errors import BackupFaultError
+from tasks.core.client_tools import find_client_tool
+from tasks.core.errors import BackupFaultError, DbopsError
 from tasks.core.postgres import ConnInfo
 from tasks.core.settings import s3_options_from_env
 from tasks.restore.readback import read_back_dump
@@ -37,7 +40,12 @@ CREATE TABLE loose (a integer, b text, doubled integer GENERATED ALWAYS AS (a * 
 INSERT INTO loose (a, b)
 SELECT i, repeat('x', i % 100) || E'\\n\\ttab\\\\' || i FROM generate_series(1, 30000) i;
 SELECT nextval('billing.invoice_number') FROM generate_series(1, 3);
+DO $$ BEGIN FOR i IN 1..60 LOOP EXECUTE format(
+  'CREATE TABLE small_%s (id integer PRIMARY KEY, v text);
+   INSERT INTO small_%s SELECT g, md5(g::text) || E''\\\\.'' FROM generate_series(1, %s) g',
+  i, i, i); END LOOP; END $$;
 """
+SMALL = [f"public.small_{i}" for i in range(1, 61)]
 
 
 def scalar(url: str, query: str):
@@ -66,19 +74,43 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
     assert backed_up.exit_code == 0, backed_up.output
     manifest = Manifest.model_validate(json.loads(backed_up.output))
 
-    # One object per table, the large one in ctid chunks, rows counted from the stream.
+    # The large table in ctid chunks, the small ones in batch objects: far fewer objects than
+    # tables, rows counted from the stream, per table.
     assert manifest.format == "parallel" and manifest.jobs == 2
+    batched = [o for o in manifest.objects if o.tables]
+    in_batches = [entry.table for o in batched for entry in o.tables]
+    assert set(SMALL) <= set(in_batches) and len(in_batches) == len(set(in_batches))
+    assert len(manifest.objects) * 5 < len(manifest.row_counts), len(manifest.objects)
+    assert all(manifest.row_counts[e.table] == e.rows for o in batched for e in o.tables)
     loose = [o for o in manifest.objects if o.table == "public.loose"]
     assert len(loose) > 1 and all(o.chunk for o in loose)
     assert sum(o.rows or 0 for o in loose) == manifest.row_counts["public.loose"] == 30000
     assert manifest.row_counts["public.empty_one"] == 0
     with ConnInfo.parse(rich_db).connect() as conn:
         assert manifest.row_counts == table_row_counts(conn)
+    scripts: list[bytes] = []
     for obj in manifest.objects:  # plain gzip of COPY text: stock gunzip reads every object
         body = s3_client.get_object(Bucket=bucket, Key=f"parallel/{obj.name}")["Body"].read()
         text = subprocess.run(["gunzip", "-c"], input=body, capture_output=True, check=True)
         assert obj.table is None or text.stdout.count(b"\n") == obj.rows
-    rest = [o for o in manifest.objects if o.table is None]
+        if obj.tables:
+            scripts.append(text.stdout)
+    # A batch is a psql script: stock pg_restore (pre-data) and psql load its tables exactly.
+    stock = new_database(pg, "stock")
+    schema = s3_client.get_object(Bucket=bucket, Key=f"parallel/{manifest.dump.name}")
+    tools = {
+        t: find_client_tool(t, int(manifest.server_version.split(".")[0])).path
+        for t in ("pg_restore", "psql")
+    }
+    env = ConnInfo.parse(stock).child_env()
+    pre = [tools["pg_restore"], "--section=pre-data", "-d", ConnInfo.parse(stock).dbname]
+    subprocess.run(pre, input=schema["Body"].read(), env=env, check=True, capture_output=True)
+    for script in scripts:
+        load = [tools["psql"], "--no-psqlrc", "-q", "-v", "ON_ERROR_STOP=1"]
+        subprocess.run(load, input=script, env=env, check=True, capture_output=True)
+    loaded, source = content_checksums(stock), content_checksums(rich_db)
+    assert {t: loaded[t] for t in in_batches} == {t: source[t] for t in in_batches}
+    rest = [o for o in manifest.objects if o.table is None and not o.tables]
     assert len(rest) == 1  # sequences and large objects: pg_dump's data section, tables left out
     # Every stored object is the manifest's, and prune's list of the backup names them all.
     stored = {n for n in object_names(destination) if n.startswith(manifest.backup_id + ".")}
@@ -112,23 +144,26 @@ def test_parallel_backup_restores_exactly_and_a_damaged_object_changes_nothing(
     record = json.loads(verified.output)
     assert record["ok"] and record["row_counts_match"], record
 
-    # One flipped byte in one chunk: the restore fails before the swap, the target untouched.
-    victim = loose[len(loose) // 2].name
-    key = f"parallel/{victim}"
-    data = bytearray(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    data[len(data) // 2] ^= 0x01
-    s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    # One flipped byte in a batch, then in one chunk: the restore fails before the swap, the
+    # target untouched.
     psql(target, "-q", "-c", "INSERT INTO empty_one VALUES (1, 'only in the target')")
     before = content_checksums(target)
-    failed = invoke_dbops(
-        "restore", manifest.backup_id, "--from", url, "--database-url", target, "--clean"
-    )
-    assert failed.exit_code != 0
-    assert victim in failed.output or "corrupt" in failed.output, failed.output
-    assert content_checksums(target) == before
-    assert scratch_databases(target) == []
-    with pytest.raises(BackupFaultError):
-        read_back_dump(destination, manifest)
+    for victim in (batched[0].name, loose[len(loose) // 2].name):
+        key = f"parallel/{victim}"
+        good = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = bytearray(good)
+        data[len(data) // 2] ^= 0x01
+        s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+        failed = invoke_dbops(
+            "restore", manifest.backup_id, "--from", url, "--database-url", target, "--clean"
+        )
+        assert failed.exit_code != 0
+        assert victim in failed.output or "corrupt" in failed.output, failed.output
+        assert content_checksums(target) == before
+        assert scratch_databases(target) == []
+        with pytest.raises(BackupFaultError):
+            read_back_dump(destination, manifest)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=good)
 
 
 KILLED = """
@@ -222,3 +257,74 @@ def test_parallel_backup_of_postgresql_15_with_its_own_pg_dump(pg15, tmp_path):
     utf8 = pg15.url(f"{latin}_utf8", password="")  # created by the restore, in UTF8
     run_restore(resolve_source(latin_backup.backup_id, where.url), ConnInfo.parse(utf8))
     assert scalar(utf8, "SELECT w || current_setting('server_encoding') FROM word") == "café ñUTF8"
+
+
+HELD = """SELECT count(*) FROM pg_locks
+            WHERE relation = 'small'::regclass AND mode = 'AccessExclusiveLock'"""
+
+
+def test_ddl_during_a_parallel_backup_fails_it_and_leaves_nothing(pg, tmp_path):
+    """An ALTER TABLE not yet committed when a worker reaches its table: the worker's NOWAIT
+    lock fails, every object already stored is deleted, claim included, and no manifest is
+    written."""
+    url = new_database(pg, "ddl")
+    psql(
+        url, "-q", "-c",
+        "CREATE TABLE big AS SELECT i, repeat('z', 200) AS b FROM generate_series(1, 30000) i;"
+        "CREATE TABLE small (i integer); INSERT INTO small VALUES (1)",
+    )  # fmt: skip
+    destination = Destination.from_url(str(tmp_path))
+    queued = threading.Event()
+    locker = ConnInfo.parse(url).connect(autocommit=False)
+
+    def alter_small() -> None:
+        with contextlib.suppress(Exception):  # a backup that waited would fail this test
+            locker.execute("SET lock_timeout = '30s'")  # after 30 s, not hang it
+            locker.execute("ALTER TABLE small ADD COLUMN j integer")  # held, uncommitted
+
+    def progress(raw: int) -> None:  # the large table is being copied, `small` comes next
+        if not queued.is_set():
+            queued.set()
+            threading.Thread(target=alter_small, daemon=True).start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not scalar(url, HELD):
+                time.sleep(0.05)
+
+    try:
+        request = BackupRequest(ConnInfo.parse(url), destination, "parallel", jobs=1)
+        with pytest.raises(DbopsError, match="locked exclusively"):
+            run_parallel_backup(request, progress)
+    finally:
+        locker.rollback()
+        locker.close()
+    assert queued.is_set()
+    assert object_names(destination) == set()  # stored objects and the claim deleted
+
+
+@pytest.mark.parametrize(
+    "ddl", ["TRUNCATE small", "DROP TABLE small", "ALTER TABLE small ALTER COLUMN i TYPE bigint"]
+)
+def test_a_table_dropped_or_rewritten_during_a_parallel_backup_fails_it(pg, tmp_path, ddl):
+    """No connection holds every table's lock (the lock table would need twice a plain
+    backup's slots): DDL committed after the snapshot but before a worker reaches its table
+    is caught there (a gone name, a new relfilenode), never stored as an empty or wrong table."""
+    url = new_database(pg, "dropped")
+    psql(
+        url, "-q", "-c",
+        "CREATE TABLE big AS SELECT i, repeat('z', 200) AS b FROM generate_series(1, 30000) i;"
+        "CREATE TABLE small (i integer); INSERT INTO small VALUES (1)",
+    )  # fmt: skip
+    destination = Destination.from_url(str(tmp_path))
+    done: list[str] = []
+
+    def progress(raw: int) -> None:  # `big` is being copied, `small` comes next
+        if not done:
+            with ConnInfo.parse(url).connect() as conn:  # autocommit: committed before `small`
+                conn.execute(ddl)
+            done.append(ddl)
+
+    request = BackupRequest(ConnInfo.parse(url), destination, "parallel", jobs=1)
+    with pytest.raises(DbopsError, match="dropped or changed during the backup"):
+        run_parallel_backup(request, progress)
+    assert done
+    assert object_names(destination) == set()

@@ -101,6 +101,23 @@ def test_one_table_into_another_schema_of_the_same_database(rich, backups, fmt):
     assert content_checksums(rich) == before
 
 
+def damage_other_objects(backups, chosen: set[str]) -> dict[Path, bytes]:
+    """A flipped byte in every table data object (whole, chunk or batch) holding none of the
+    `chosen` tables: a table restore that read one would fail its SHA-256 check."""
+    where, backup_id = backups["parallel"]
+    manifest = resolve_source(backup_id, str(where)).manifest
+    assert manifest is not None
+    damaged = {}
+    for obj in manifest.objects:
+        held = {e.table for e in obj.tables} | ({obj.table} if obj.table else set())
+        if held and not held & chosen:
+            path = where / obj.name
+            good = path.read_bytes()
+            damaged[path] = good
+            path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    return damaged
+
+
 @pytest.mark.parametrize("fmt", ["plain", "custom", "parallel"])
 def test_partitioned_and_odd_names_into_another_database(pg, backups, rich, fmt):
     target = new_database(pg, "other")
@@ -108,7 +125,18 @@ def test_partitioned_and_odd_names_into_another_database(pg, backups, rich, fmt)
     before = content_checksums(target)
     source_sums = content_checksums(rich)
 
-    result = restore(backups, fmt, target, tables=["public.Message", '"Odd Schema"."Weird Table"'])
+    chosen = {"public.Message_2025", "public.Message_2026", "public.Message_other"}
+    chosen.add("Odd Schema.Weird Table")
+    damaged = damage_other_objects(backups, chosen) if fmt == "parallel" else {}
+    try:
+        result = restore(
+            backups, fmt, target, tables=["public.Message", '"Odd Schema"."Weird Table"']
+        )
+    finally:
+        for path, good in damaged.items():
+            path.write_bytes(good)
+    if fmt == "parallel":  # the tables were in several batches; none of the others was read
+        assert len(damaged) >= 2, damaged
 
     after = content_checksums(target)
     assert after.pop("public.keep") == before["public.keep"]

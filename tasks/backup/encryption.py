@@ -189,6 +189,22 @@ class AgeIdentity:
             )
 
 
+def can_open(identity: AgeIdentity, recipients: Recipients) -> bool:
+    """Whether `identity` decrypts what is encrypted to `recipients`, before anything is: age
+    keys by fingerprint; an ssh identity's public key is unknown, so a few random bytes are
+    encrypted to the recipients in memory and decrypted with it."""
+    import pyrage
+
+    if identity.public_fingerprints is not None:
+        return bool(identity.public_fingerprints & set(recipients.fingerprints))
+    probe = os.urandom(16)
+    try:
+        sealed = pyrage.encrypt(probe, recipients.objects())
+        return bool(pyrage.decrypt(sealed, identity.objects) == probe)
+    except pyrage.DecryptError:
+        return False
+
+
 def _identity_text(reference: str) -> str:
     if reference.startswith(SECRET_PREFIX):
         from tasks.core.settings import resolve_secret

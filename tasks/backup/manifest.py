@@ -43,6 +43,16 @@ class ObjectInfo(BaseModel):
     raw_size: int | None = Field(None, description="bytes before compression")
 
 
+class BatchedTable(BaseModel):
+    """One small table's section of a batch object (`tasks/backup/batches.py`), in order."""
+
+    table: str = Field(description="the table, as in row_counts")
+    relation: list[str] = Field(description="[schema, table], unambiguous")
+    columns: list[str] = Field(default_factory=list, description="the COPY column list")
+    rows: int = Field(description="rows in this section, counted from the stream")
+    raw_size: int = Field(description="bytes of this section's COPY text")
+
+
 class DataObject(ObjectInfo):
     """One object of a parallel backup: a table's rows (or a chunk of them) in COPY text
     format, or, with no table, the rest of pg_dump's data section (sequences, large objects)."""
@@ -52,6 +62,9 @@ class DataObject(ObjectInfo):
     columns: list[str] = Field(default_factory=list, description="the COPY column list")
     rows: int | None = Field(None, description="rows in this object, counted from the stream")
     chunk: str | None = Field(None, description="the ctid range of a chunk of a large table")
+    tables: list[BatchedTable] = Field(
+        default_factory=list, description="a batch object's small tables, in stored order"
+    )
 
 
 class Verification(BaseModel):

@@ -24,11 +24,27 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
+from tasks.backup import batches
 from tasks.backup.claim import claim_backup_id
 from tasks.backup.compression import compress_stream, default_threads
 from tasks.backup.encryption import AGE_SUFFIX, Recipients, encrypt_chunks
 from tasks.backup.identity import read_server_identity
-from tasks.backup.manifest import DataObject, Manifest, ObjectInfo, dump_suffix, write_manifest
+from tasks.backup.manifest import (
+    BatchedTable,
+    DataObject,
+    Manifest,
+    ObjectInfo,
+    dump_suffix,
+    write_manifest,
+)
+from tasks.backup.parallel_plan import (
+    COMPRESSED_SUFFIX,
+    Batch,
+    TablePart,
+    plan_parts,
+    tables_of,
+    usable_jobs,
+)
 from tasks.backup.pipeline import (
     GLOBALS_SUFFIX,
     BackupRequest,
@@ -39,119 +55,18 @@ from tasks.backup.pipeline import (
     referenced_roles,
     stream_command_to,
 )
-from tasks.backup.row_counts import USER_TABLES
 from tasks.core.children import spawn
 from tasks.core.client_tools import ClientTool, find_client_tool
 from tasks.core.errors import DbopsError, LockTableFullError, first_line
-from tasks.core.postgres import ConnInfo, free_connection_slots, server_version
+from tasks.core.postgres import ConnInfo, server_version
 from tasks.core.streams import CHUNK_SIZE, StderrTail
 from tasks.storage.destinations import Destination
 
-COMPRESSED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-LOCK_BATCH = 1000  # tables named per LOCK TABLE statement
 PSQL_BYTES = 8 * 1024 * 1024  # larger parts, and chunks, are read by psql (_through_psql)
-
-PLAN_QUERY = f"""
-    SELECT t.nspname, t.relname,
-           pg_relation_size(c.oid) AS bytes,
-           current_setting('block_size')::int AS block,
-           array(SELECT a.attname::text FROM pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = '' ORDER BY a.attnum) AS columns
-    FROM ({USER_TABLES}) t
-    JOIN pg_namespace n ON n.nspname = t.nspname
-    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.relname
-    ORDER BY 1, 2
-"""
 
 
 class _Stopped(DbopsError):
     """A worker stopping because another one failed: never the reported cause."""
-
-
-@dataclass
-class TablePart:
-    """One data object to write: a whole table, or a range of its pages."""
-
-    name: str
-    schema: str
-    table: str
-    columns: list[str]
-    size: int  # bytes on disk of what this part reads (for ordering, largest first)
-    pages: tuple[int | None, int | None] = (None, None)  # [from, to) pages; None: open end
-
-    @property
-    def chunk(self) -> str | None:
-        if self.pages == (None, None):
-            return None
-        start, end = self.pages
-        return f"ctid >= '({start or 0},0)'" + (f" AND ctid < '({end},0)'" if end else "")
-
-    @property
-    def target(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.table)
-
-    def query(self) -> sql.Composed:
-        target = self.target
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-        if self.chunk is None:
-            listed = sql.SQL(" ({})").format(columns) if self.columns else sql.SQL("")
-            return sql.SQL("COPY {}{} TO STDOUT").format(target, listed)
-        start, end = self.pages
-        where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start or 0},0)"))
-        if end is not None:
-            where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
-        return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT").format(
-            columns, target, where
-        )
-
-
-def plan_parts(
-    conn: psycopg.Connection, backup_id: str, compression: str, chunk_bytes: int, after: str = ""
-) -> list[TablePart]:
-    """Every user table as one part, or several ctid ranges when it is over `chunk_bytes`.
-    The last range has no end, so rows on pages added since the size was read are kept."""
-    suffix = ".copy" + COMPRESSED_SUFFIX[compression] + after
-    parts: list[TablePart] = []
-    for index, (schema, table, size, block, columns) in enumerate(conn.execute(PLAN_QUERY), 1):
-        pages = int(size) // int(block)
-        count = min(-(-int(size) // chunk_bytes), pages) if columns else 1
-        if count <= 1:
-            parts.append(
-                TablePart(f"{backup_id}.t{index:05d}{suffix}", schema, table, columns, size)
-            )
-            continue
-        bounds = [pages * i // count for i in range(count)] + [None]
-        for i in range(count):
-            start, end = bounds[i], bounds[i + 1]
-            parts.append(
-                TablePart(
-                    f"{backup_id}.t{index:05d}-{i + 1:03d}{suffix}",
-                    schema,
-                    table,
-                    columns,
-                    size // count,
-                    (start if i else None, end),
-                )
-            )
-    return parts
-
-
-def usable_jobs(conn: psycopg.Connection, jobs: int) -> int:
-    """At most half the connection slots left (each worker may run a pg_dump beside it)."""
-    return max(1, min(jobs, free_connection_slots(conn) // 2))
-
-
-def lock_tables(conn: psycopg.Connection, parts: list[TablePart]) -> None:
-    """ACCESS SHARE on every table in the snapshot's transaction, as pg_dump takes: no
-    TRUNCATE or DROP can slip in between the snapshot and a worker's COPY."""
-    tables = sorted({(p.schema, p.table) for p in parts})
-    for start in range(0, len(tables), LOCK_BATCH):
-        names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables[start : start + LOCK_BATCH])
-        try:
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
-        except psycopg.errors.OutOfMemory:
-            raise LockTableFullError("lock table full") from None
 
 
 @dataclass
@@ -223,11 +138,13 @@ class _Copier:
             return
         conn = self.connection()
         # One transaction per part in the imported snapshot: a worker holds one table's lock
-        # at a time (the snapshot's own connection holds them all).
+        # at a time, and the snapshot's own connection none (pg_dump's schema run holds them
+        # all while it runs), so the lock table needs what a plain backup needs plus N.
         with conn.transaction(), conn.cursor() as cursor:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)))
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target))
+            for statement in part.lock():
+                conn.execute(statement)
             with cursor.copy(part.query()) as copy:
                 yield self._batches(copy, rows)
             if cursor.rowcount != rows[0]:
@@ -248,7 +165,7 @@ class _Copier:
             "SET idle_in_transaction_session_timeout = 0",
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot)).as_string(),
-            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part.target).as_string(),
+            *(statement.as_string() for statement in part.lock()),
             part.query().as_string(),
         ]
         argv = [self.psql, "--no-psqlrc", "--quiet", "--no-password", "--set", "ON_ERROR_STOP=1"]
@@ -273,6 +190,10 @@ class _Copier:
                 line = tail.last(self.info.password, ("ERROR:", "FATAL:", "error:"))
                 if "could not obtain lock" in line:
                     raise psycopg.errors.LockNotAvailable(line)
+                if "max_locks_per_transaction" in line:
+                    raise LockTableFullError(line)
+                if "does not exist" in line or "after the backup's snapshot" in line:
+                    raise psycopg.errors.ObjectNotInPrerequisiteState(line)
                 raise DbopsError(
                     f"psql failed copying {part.schema}.{part.table} ({line or 'no message'}); "
                     "no backup was stored"
@@ -292,9 +213,52 @@ class _Copier:
     def copy_part(self, part: TablePart) -> DataObject:
         """One part streamed out of the snapshot into its object: complete, or not at all."""
         rows = [0, 0]  # lines, bytes
+        with self._rows_of(part, rows) as chunks:
+            stored, digest = self._store(part.name, chunks)
+        return DataObject(
+            name=part.name,
+            size=stored,
+            sha256=digest,
+            raw_size=rows[1],
+            table=f"{part.schema}.{part.table}",
+            relation=[part.schema, part.table],
+            columns=part.columns,
+            rows=rows[0],
+            chunk=part.chunk,
+        )
+
+    def copy_batch(self, batch: Batch) -> DataObject:
+        """Small tables' sections into one object, each table in its own snapshot transaction
+        (one lock held at a time) and buffered (it is small) to write its exact length first."""
+        entries: list[BatchedTable] = []
+        raw = [0]
+
+        def sections() -> Iterator[bytes]:
+            head = batches.prelude(self.encoding)
+            raw[0] += len(head)
+            yield head
+            for part in batch.tables:
+                rows = [0, 0]
+                with self._rows_of(part, rows) as chunks:
+                    data = b"".join(chunks)
+                relation = [part.schema, part.table]
+                table = f"{part.schema}.{part.table}"
+                entries.append(BatchedTable(table=table, relation=relation, columns=part.columns,
+                                            rows=rows[0], raw_size=rows[1]))  # fmt: skip
+                piece = batches.section(relation, part.columns, rows[0], data)
+                raw[0] += len(piece)
+                yield piece
+
+        stored, digest = self._store(batch.name, sections())
+        return DataObject(
+            name=batch.name, size=stored, sha256=digest, raw_size=raw[0], tables=entries
+        )
+
+    def _store(self, name: str, chunks: Iterator[bytes]) -> tuple[int, str]:
+        """Compressed (and encrypted) into `name`, hashed on the way: its size and SHA-256."""
         hasher = hashlib.sha256()
         stored = 0
-        with self.destination.open_write(part.name) as sink, self._rows_of(part, rows) as chunks:
+        with self.destination.open_write(name) as sink:
             pieces = compress_stream(
                 _at_least_one(chunks), self.compression, self.level, self.threads
             )
@@ -304,17 +268,7 @@ class _Copier:
                 hasher.update(piece)
                 sink.write(piece)
                 stored += len(piece)
-        return DataObject(
-            name=part.name,
-            size=stored,
-            sha256=hasher.hexdigest(),
-            raw_size=rows[1],
-            table=f"{part.schema}.{part.table}",
-            relation=[part.schema, part.table],
-            columns=part.columns,
-            rows=rows[0],
-            chunk=part.chunk,
-        )
+        return stored, hasher.hexdigest()
 
 
 def _at_least_one(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -327,9 +281,11 @@ def _at_least_one(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b""
 
 
-def _exclusions(pg_dump: ClientTool, parts: list[TablePart]) -> tuple[list[str], bytes | None]:
+def _exclusions(
+    pg_dump: ClientTool, parts: list[TablePart | Batch]
+) -> tuple[list[str], bytes | None]:
     """pg_dump arguments that leave out the tables the workers copy (all other data stays)."""
-    tables = sorted({(p.schema, p.table) for p in parts})
+    tables = tables_of(parts)
     patterns = ['"{}"."{}"'.format(s.replace('"', '""'), t.replace('"', '""')) for s, t in tables]
     if pg_dump.major >= 17:  # --filter: a list on stdin, whatever the number of tables
         lines = "".join(f"exclude table_data {p}\n" for p in patterns)
@@ -382,11 +338,6 @@ def run_parallel_backup(
             encoding,
         )
         try:
-            try:
-                lock_tables(snapshot_conn, parts)
-            except LockTableFullError:
-                snapshot_conn.execute("ROLLBACK")
-                raise lock_table_advice(snapshot_conn) from None
             globals_info = None
             if request.include_globals:
                 globals_info = dump_globals(request, major, backup_id, written)
@@ -431,11 +382,14 @@ def run_parallel_backup(
                     )
                 )
 
-                def copy(part: TablePart) -> DataObject:
+                def copy(part: TablePart | Batch) -> DataObject:
                     if copier.failed.is_set():
                         raise _Stopped("another part of the backup failed")
                     try:
-                        result = copier.copy_part(part)
+                        if isinstance(part, Batch):
+                            result = copier.copy_batch(part)
+                        else:
+                            result = copier.copy_part(part)
                     except BaseException:
                         copier.failed.set()
                         raise
@@ -452,6 +406,8 @@ def run_parallel_backup(
                     copier.failed.set()
                     for job in table_jobs:
                         job.cancel()
+                    if _lock_table_full(failure):
+                        raise lock_table_advice(snapshot_conn, jobs) from None
                     raise _explain(failure) from None
                 schema_stats, rest_stats = schema_job.result()
                 objects = [job.result() for job in table_jobs]
@@ -462,9 +418,12 @@ def run_parallel_backup(
                 raw_size=rest_stats.raw_bytes,
             )
             objects.sort(key=lambda o: o.name)
-            counts = {f"{p.schema}.{p.table}": 0 for p in parts}
+            counts = {f"{s}.{t}": 0 for s, t in tables_of(parts)}
             for obj in objects:
-                counts[obj.table or ""] += obj.rows or 0
+                for entry in obj.tables:
+                    counts[entry.table] += entry.rows
+                if obj.table is not None:
+                    counts[obj.table] += obj.rows or 0
             finished_at = datetime.now(UTC)
             from tasks import __version__
 
@@ -519,10 +478,26 @@ def run_parallel_backup(
                 snapshot_conn.execute("ROLLBACK")
 
 
+def _lock_table_full(failure: BaseException) -> bool:
+    """pg_dump's, psql's or a worker's own lock failing for want of lock-table room."""
+    if isinstance(failure, LockTableFullError):
+        return True
+    full = isinstance(failure, psycopg.errors.OutOfMemory)
+    return full and "shared memory" in first_line(failure)
+
+
+CHANGED = psycopg.errors.UndefinedTable | psycopg.errors.ObjectNotInPrerequisiteState
+
+
 def _explain(failure: BaseException) -> BaseException:
     if isinstance(failure, psycopg.errors.LockNotAvailable):
         return DbopsError(
             f"a table was locked exclusively during the backup ({first_line(failure)}); "
+            "no backup was stored, run it again when no DDL is running"
+        )
+    if isinstance(failure, CHANGED):
+        return DbopsError(
+            f"a table was dropped or changed during the backup ({first_line(failure)}); "
             "no backup was stored, run it again when no DDL is running"
         )
     if isinstance(failure, psycopg.Error):

@@ -202,11 +202,12 @@ def stream_command_to(
     return stats
 
 
-def lock_table_advice(conn: psycopg.Connection) -> LockTableFullError:
+def lock_table_advice(conn: psycopg.Connection, workers: int = 0) -> LockTableFullError:
     """pg_dump locks every table it dumps in one transaction: say what to raise, and to what.
 
     The shared lock table holds about max_locks_per_transaction x (max_connections +
-    max_prepared_transactions) locks (a little more in practice: spare shared memory)."""
+    max_prepared_transactions) locks (a little more in practice: spare shared memory). A
+    parallel backup's `workers` each hold one table's lock beside pg_dump's."""
     row = conn.execute(
         """
         SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -220,10 +221,11 @@ def lock_table_advice(conn: psycopg.Connection) -> LockTableFullError:
     ).fetchone()
     assert row is not None
     relations, per_transaction, slots = int(row[0]), int(row[1]), int(row[2])
-    needed = -(-relations * 5 // 4 // slots)  # room for 25% growth, rounded up
+    needed = -(-(relations + workers) * 5 // 4 // slots)  # room for 25% growth, rounded up
     needed = max(needed, per_transaction * 2)
+    also = f" (and each of the {workers} parallel workers one more)" if workers else ""
     return LockTableFullError(
-        f"pg_dump needs a lock on each of the {relations:,} relations and the server's lock "
+        f"pg_dump needs a lock on each of the {relations:,} relations{also} and the server's lock "
         f"table is full (max_locks_per_transaction = {per_transaction}, "
         f"{slots} connection slots); set max_locks_per_transaction = {needed} in "
         "postgresql.conf and restart the server; no backup was stored"

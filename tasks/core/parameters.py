@@ -69,6 +69,15 @@ ObjectLockDays = Annotated[
 
 Retries = Annotated[int, Field(ge=0, le=10, description="retries of transient errors")]
 
+AgeRecipientList = Annotated[
+    list[str] | None,
+    Field(
+        description="age public keys (age1..., ssh-ed25519, ssh-rsa) or files of them to "
+        "encrypt to; default DBOPS_AGE_RECIPIENTS, else unencrypted"
+    ),
+]
+"""Public keys only: the machine that backs up never needs a secret key."""
+
 AgeIdentityFile = Annotated[
     str | None,
     Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tasks.backup.encryption import AGE_SUFFIX
 from tasks.migrations.outcomes import DatabaseState, PreMigrationBackup, RunProgress
 from tasks.migrations.plan import MigrationPlan
 from tasks.migrations.runner import FailureKind, MigrationFailed
@@ -94,6 +95,7 @@ def _database_message(end: Ending) -> str:
     applied = ", ".join(end.progress.applied)
     not_applied = [m for m in end.pending if m not in end.progress.applied]
     kept = f"; pre-migration backup {where} was taken and kept"
+    key = " --identity FILE" if end.backup.url.endswith(AGE_SUFFIX) else ""  # it is encrypted
     match end.state:
         case DatabaseState.RESTORED:
             return (
@@ -106,7 +108,7 @@ def _database_message(end: Ending) -> str:
                 f"ROLLBACK FAILED: {head}, after {', '.join(end.undone)} changed the database, "
                 f"and restoring the pre-migration backup failed too ({end.rollback_error}); the "
                 "database may be half migrated: restore it by hand with `dbops restore "
-                f"{end.backup.backup_id} --clean` from the backup at {end.backup.url}"
+                f"{end.backup.backup_id} --clean{key}` from the backup at {end.backup.url}"
             )
         case DatabaseState.UNFINISHED:
             done = f"; applied and recorded: {applied}" if applied else ""
@@ -126,7 +128,7 @@ def _database_message(end: Ending) -> str:
             return (
                 f"{head} while the migration command ran: only the tool's own history says what "
                 "it applied; the database was not restored; to go back, run `dbops restore "
-                f"{end.backup.backup_id} --clean`{kept}"
+                f"{end.backup.backup_id} --clean{key}`{kept}"
             )
         case _:
             return (

@@ -53,6 +53,7 @@ from tasks.migrations.reset import (
     non_production_reason,
     reset_database,
 )
+from tasks.migrations.rollback_key import pre_migration_encryption
 from tasks.migrations.runner import AppliedResult, RunOptions, apply_migration
 from tasks.restore.readback import read_back_dump
 from tasks.restore.restore import run_restore
@@ -90,6 +91,26 @@ def plan_migrations(
     return plan, capture_baseline(info)
 
 
+@task(name="check-rollback-key", cache_policy=NO_CACHE)
+def check_rollback_key(encrypt_to: list[str] | None, identity: str | None) -> list[str]:
+    """Before anything is locked or backed up: when the pre-migration backup will be encrypted,
+    the identity that opens it (the rollback decrypts it). Its recipients' fingerprints."""
+    settings = Settings.from_env()
+    recipients, key = pre_migration_encryption(
+        encrypt_to, identity, settings.age_recipients, settings.age_identity
+    )
+    if recipients is None or key is None:
+        get_run_logger().info("The pre-migration backup will not be encrypted (no recipients)")
+        return []
+    get_run_logger().info(
+        "The pre-migration backup will be encrypted with age to %s; the identity %s opens it, "
+        "so a rollback can decrypt it",
+        ", ".join(recipients.fingerprints),
+        key.source,
+    )
+    return recipients.fingerprints
+
+
 @task(name="pre-migration-backup", cache_policy=NO_CACHE)
 def pre_migration_backup(
     database_url: str | None,
@@ -97,10 +118,16 @@ def pre_migration_backup(
     s3: S3Options | None,
     compression: str,
     target_version: str,
+    encrypt_to: list[str] | None = None,
+    identity: str | None = None,
 ) -> PreMigrationBackup:
-    """Back up through the one backup path, then read it back: no backup, no migration."""
+    """Back up through the one backup path (encrypted to the recipients a normal backup has),
+    then read it back, decrypted with the rollback's identity: no backup, no migration."""
     logger = get_run_logger()
     settings = Settings.load(database_url, backup_url, s3)
+    recipients, key = pre_migration_encryption(
+        encrypt_to, identity, settings.age_recipients, settings.age_identity
+    )
     destination = settings.destination()
     logger.info(
         "Pre-migration backup of %s to %s", settings.connection().redacted(), destination.url
@@ -111,10 +138,11 @@ def pre_migration_backup(
         compression=compression,
         level=check_level(compression, None),
         labels=["pre-migration", f"target:{target_version}"],
+        recipients=recipients,
     )
     url = destination.url_for(manifest.dump.name)
     try:
-        read = read_back_dump(destination, manifest)
+        read = read_back_dump(destination, manifest, key)
     except BackupFaultError as exc:
         raise BackupFaultError(
             f"the pre-migration backup {url} does not read back as written ({exc}); nothing "
@@ -139,9 +167,12 @@ def restore_pre_migration_backup(
     s3: S3Options | None,
     backup: PreMigrationBackup,
     application: ApplicationHooks | None = None,
+    identity: str | None = None,
 ) -> RollbackOutcome:
     """Put the database back as it was before the run; a failure is the outcome, not raised.
-    The application is stopped for the swap (or the whole restore) and started again."""
+    The application is stopped for the swap (or the whole restore) and started again. An
+    encrypted backup is decrypted with `identity` (a file or secret://BLOCK; default
+    DBOPS_AGE_IDENTITY)."""
     logger = get_run_logger()
     logger.warning("Rolling back: restoring pre-migration backup %s", backup.backup_id)
     window = None
@@ -150,6 +181,7 @@ def restore_pre_migration_backup(
         target = settings.connection()
         window = ApplicationWindow(application, logger.info, logger.warning, [target.password])
         source = resolve_source(backup.backup_id, settings.backup_url, settings.s3)
+        source = with_identity(source, identity or settings.age_identity)
         with window.around_restore():
             result = run_restore(source, target, clean=True, around_swap=window.around_swap())
     except ApplicationStartError as exc:  # the application is down: the flow says so loudly

@@ -14,6 +14,7 @@ fails, the caller's scratch database is dropped; nothing here touches the target
 from __future__ import annotations
 
 import dataclasses
+import io
 import subprocess
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from tasks.backup import batches
 from tasks.backup.catalog import BackupSource
 from tasks.backup.compression import DecompressingReader
 from tasks.backup.encryption import decrypting
@@ -182,6 +184,47 @@ def load_object(
     return rows
 
 
+def load_batch(
+    source: BackupSource,
+    obj: DataObject,
+    conn: psycopg.Connection,
+    pick: Callable[[list[str]], bool],
+    loaded: DataLoaded,
+) -> None:
+    """A batch of small tables, read whole (it is small) and checked before any row is sent,
+    then the sections `pick` chooses, each by COPY, its rows checked against the manifest."""
+    where = source.destination.url_for(obj.name)
+    manifest = _manifest(source)
+    with (
+        source.destination.open_read(obj.name) as raw,
+        decrypting(
+            reader := HashingReader(raw), source.identity, source.encryption is not None, where
+        ) as plain,
+    ):
+        stored = io.BytesIO(b"".join(iter(lambda: plain.read(CHUNK_SIZE), b"")))
+    check_stored(where, reader, obj, ADVICE)  # before a byte is decompressed or loaded
+    decompressor = DecompressingReader(stored, manifest.compression)
+    data = b"".join(iter(lambda: decompressor.read_chunk(CHUNK_SIZE), b""))
+    for entry, text in batches.split(data, obj.tables, where):
+        if not pick(entry.relation):
+            continue
+        try:
+            with conn.cursor() as cursor:
+                with cursor.copy(batches.copy_from(entry.relation, entry.columns)) as copy:
+                    copy.write(text)
+                rows = cursor.rowcount
+        except psycopg.Error as exc:
+            raise copy_failure(exc, f"{where} ({entry.table})") from None
+        if rows != entry.rows:
+            raise BackupFaultError(
+                f"{where} loaded {rows} rows of {entry.table} but the manifest says "
+                f"{entry.rows}; the backup is inconsistent",
+                BackupCheck.ROW_COUNTS,
+            )
+        loaded.add(0, entry.table, rows)
+    loaded.add(obj.size, None, 0)
+
+
 def load_rest(
     source: BackupSource,
     obj: DataObject,
@@ -205,9 +248,11 @@ def load_data(
     jobs: int,
     wanted: Callable[[DataObject], bool] = lambda obj: True,
     transform: ChunkFilter | None = None,
+    pick: Callable[[list[str]], bool] = lambda relation: True,
 ) -> DataLoaded:
     """The data objects `wanted` picks, by `jobs` workers, largest first (`transform`
-    filters the rest of the data section on its way to psql)."""
+    filters the rest of the data section on its way to psql; `pick` the tables of a batch,
+    whose tables one worker loads)."""
     manifest = _manifest(source)
     loaded = DataLoaded()
     local = threading.local()
@@ -233,7 +278,9 @@ def load_data(
         if failed.is_set():
             return
         try:
-            if obj.table is None:
+            if obj.tables:
+                load_batch(source, obj, connection(), pick, loaded)
+            elif obj.table is None:
                 load_rest(source, obj, into, major, secret, transform)
                 loaded.add(obj.size, None, 0)
             else:

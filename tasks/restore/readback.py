@@ -76,14 +76,18 @@ def read_back(
     return ReadBack(hashing.size, raw_size, hashing.hexdigest(), head, tail)
 
 
-def read_back_dump(destination: Destination, manifest: Manifest) -> ReadBack:
+def read_back_dump(
+    destination: Destination, manifest: Manifest, identity: AgeIdentity | None = None
+) -> ReadBack:
     """The dump of a backup, read back in full, including pg_dump's completion mark; for a
-    parallel backup also every data object (size, SHA-256, a whole compressed stream)."""
+    parallel backup also every data object (size, SHA-256, a whole compressed stream). An
+    encrypted backup is decrypted with `identity`, which so proves it opens it."""
     archive = manifest.format in ("custom", "parallel")
     compression = "none" if archive else manifest.compression
-    seen = read_back(destination, manifest.dump, compression)
+    encrypted = manifest.encryption is not None
+    seen = read_back(destination, manifest.dump, compression, encrypted, identity)
     for obj in manifest.objects:
-        read_back(destination, obj, manifest.compression)
+        read_back(destination, obj, manifest.compression, encrypted, identity)
     complete = seen.head.startswith(CUSTOM_DUMP_MAGIC) if archive else PLAIN_DUMP_END in seen.tail
     if not complete:
         raise BackupFaultError(

@@ -152,15 +152,19 @@ class ParallelTables:
             psql, sql_filter, into, secret, ("--section=pre-data",)
         )
 
-        def wanted(obj: DataObject) -> bool:
+        def picked(relation: list[str]) -> bool:
+            return selection.wants((relation[0], relation[1]), sql_filter.parents)
+
+        def wanted(obj: DataObject) -> bool:  # a batch: read only if it holds a chosen table
+            if obj.tables:
+                return any(picked(entry.relation) for entry in obj.tables)
             if obj.relation is None:
                 return True  # sequence values pass the filter; large objects do not
-            table = (obj.relation[0], obj.relation[1])
-            return selection.wants(table, sql_filter.parents)
+            return picked(obj.relation)
 
         sql_filter.next_stream()
         data = load_data(
-            self.source, into, self.major, secret, self.jobs, wanted, transform=sql_filter
+            self.source, into, self.major, secret, self.jobs, wanted, sql_filter, picked
         )
         sql_filter.next_stream()
         schema._through_pg_restore(psql, sql_filter, into, secret, ("--section=post-data",))
