@@ -11,7 +11,9 @@ from cli.app import JsonFlag, app, emit, run_flow
 
 @app.command()
 def demo(
-    workdir: Annotated[str, typer.Option("--dir", help="where backups go")] = "dbops-demo",
+    directory: Annotated[
+        str, typer.Option("--dir", help="where backups go (created when missing)")
+    ] = "dbops-demo",
     size_mb: Annotated[float, typer.Option(help="approximate dump size in MB")] = 20.0,
     as_json: JsonFlag = False,
 ) -> None:
@@ -19,7 +21,7 @@ def demo(
     restore it into a second database and check the row counts match."""
     from flows.demo import demo as demo_flow
 
-    summary = run_flow(demo_flow, workdir=workdir, size_mb=size_mb)
+    summary = run_flow(demo_flow, workdir=directory, size_mb=size_mb)
     lines = [
         "dbops demo: embedded PostgreSQL, database ai_saas (User, Conversation, Message)",
         f"  backed up   {summary.dump_mb} MB of SQL -> {summary.stored_mb} MB gzip "
