@@ -3,6 +3,7 @@ CLI's output, not in the Prefect records of the runs a command started, not in s
 
 from __future__ import annotations
 
+import gzip
 import re
 import uuid
 from pathlib import Path
@@ -156,8 +157,10 @@ def test_encoded_hostile_password_works_and_surfaces_nowhere(prefect, hostile_ro
     assert "backup" in text and "restore" in text.lower()
     assert_hidden(EVERYTHING, text)
     for stored in (tmp_path / "backups").iterdir():
-        data = stored.read_bytes().decode("utf-8", "replace")
-        assert_hidden(EVERYTHING, data)
+        raw = stored.read_bytes()
+        # Read what a compressed object holds: compressed bytes hold any 3-byte piece by chance.
+        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        assert_hidden(EVERYTHING, raw.decode("utf-8", "replace"))
 
 
 @pytest.mark.parametrize("password", [PERCENT, EVERYTHING])
